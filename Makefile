@@ -1,0 +1,35 @@
+# dtinterp — developer entry points. Every target creates and uses .venv/ at the repo root.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+TORCH_PIN := torch==2.13.0
+
+.PHONY: install test lint format models clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Install the pinned CPU torch wheel first so the package's `torch>=2.2` never pulls a CUDA build.
+$(STAMP): $(PY) setup.cfg pyproject.toml
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PIN)
+	$(PIP) install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,126 @@
+"""``dtinterp`` command-line entry point.
+
+Argument parsing lives here; each command's work lives in the layer it belongs to and is imported
+lazily, so ``dtinterp data info`` never pays for importing torch or TransformerLens.
+User errors (:class:`~dtinterp.errors.DtinterpError`, bad env specs) print one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# command name -> "module:function" taking the parsed args and returning an exit code
+_COMMANDS = {
+    "collect": "dtinterp.data.commands:cmd_collect",
+    "data info": "dtinterp.data.commands:cmd_data_info",
+    "train": "dtinterp.train.commands:cmd_train",
+    "evaluate": "dtinterp.train.commands:cmd_evaluate",
+    "calibrate": "dtinterp.train.commands:cmd_calibrate",
+}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``dtinterp`` argument parser."""
+    p = argparse.ArgumentParser(prog="dtinterp", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    c = sub.add_parser("collect", help="collect a demonstration dataset with a scripted policy")
+    c.add_argument("--env", required=True, help="MiniGrid env id, e.g. MiniGrid-DoorKey-8x8-v0")
+    c.add_argument("--episodes", type=_positive_int, required=True)
+    c.add_argument("--out", required=True, help="output .npz file")
+    c.add_argument("--policy", choices=["expert", "mixed", "random"], default="mixed")
+    c.add_argument("--seed", type=_nonneg_int, default=0)
+    c.add_argument("--workers", type=_positive_int, default=1, help="worker processes")
+    c.add_argument("--view-size", type=int, default=7, help="egocentric view size (odd >= 3)")
+    c.add_argument("--fully-observed", action="store_true", help="observe the whole grid")
+    c.add_argument("--max-steps", type=_positive_int, default=None, help="episode length override")
+    c.set_defaults(command_key="collect")
+
+    d = sub.add_parser("data", help="inspect datasets")
+    dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    dsub.required = True
+    di = dsub.add_parser("info", help="summary and return histogram of a dataset")
+    di.add_argument("file", help="dataset .npz file")
+    di.set_defaults(command_key="data info")
+
+    t = sub.add_parser("train", help="train a decision transformer on a dataset")
+    t.add_argument("--data", required=True, help="dataset .npz file")
+    t.add_argument("--out", required=True, help="run / checkpoint directory")
+    t.add_argument("--config", default=None, help="JSON file with training and model hyperparameters")
+    t.add_argument("--steps", type=_positive_int, default=None, help="override the number of steps")
+    t.add_argument("--seed", type=_nonneg_int, default=None, help="override the seed")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    t.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    t.add_argument("--logger", choices=["none", "tensorboard", "wandb"], default="none")
+    t.set_defaults(command_key="train")
+
+    e = sub.add_parser("evaluate", help="roll out a trained model at target returns")
+    e.add_argument("model_dir", help="checkpoint directory")
+    e.add_argument("--rtg", type=float, action="append", required=True, help="target return (repeatable)")
+    e.add_argument("--episodes", type=_positive_int, default=200)
+    e.add_argument("--seed", type=_nonneg_int, default=1000)
+    e.add_argument("--num-envs", type=_positive_int, default=32, help="envs stepped together")
+    e.add_argument("--sample", action="store_true", help="sample actions instead of greedy")
+    e.add_argument("--json", default=None, help="write the results as JSON here")
+    e.add_argument("--gif", default=None, help="export the first episode at the first target as GIF/MP4")
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(command_key="evaluate")
+
+    k = sub.add_parser("calibrate", help="achieved return vs target return")
+    k.add_argument("model_dir", help="checkpoint directory")
+    k.add_argument("--min", dest="rtg_min", type=float, default=-1.0)
+    k.add_argument("--max", dest="rtg_max", type=float, default=1.0)
+    k.add_argument("--points", type=_positive_int, default=21)
+    k.add_argument("--episodes", type=_positive_int, default=50)
+    k.add_argument("--seed", type=_nonneg_int, default=1000)
+    k.add_argument("--num-envs", type=_positive_int, default=32)
+    k.add_argument("--out", required=True, help="interactive plotly HTML (numbers go beside it as JSON)")
+    k.add_argument("--device", default="cpu")
+    k.set_defaults(command_key="calibrate")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    from dtinterp.errors import DtinterpError
+    from envs.errors import EnvSpecError
+
+    args = build_parser().parse_args(argv)
+    module_name, func_name = _COMMANDS[args.command_key].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(func(args) or 0)
+    except (DtinterpError, EnvSpecError) as exc:
+        print(f"dtinterp: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dtinterp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

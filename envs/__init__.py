@@ -1,0 +1,44 @@
+"""Everything that knows MiniGrid: env specs, observation encodings, custom envs, scripted experts, rendering.
+
+Importing this package registers the custom envs. It never imports torch or dtinterp.
+"""
+
+from envs import custom  # noqa: F401  (registers custom envs)
+from envs.encoding import (
+    CHANNEL_NAMES,
+    COLOR_NAMES,
+    DIRECTION_NAMES,
+    N_CHANNELS,
+    N_COLORS,
+    N_DIRECTIONS,
+    N_OBJECTS,
+    N_STATES,
+    OBJECT_NAMES,
+    STATE_NAMES,
+    compact_obs,
+    from_one_hot,
+    one_hot,
+)
+from envs.errors import EnvSpecError
+from envs.spec import EnvSpec, make_env, make_vector_env, obs_shape
+
+__all__ = [
+    "CHANNEL_NAMES",
+    "COLOR_NAMES",
+    "DIRECTION_NAMES",
+    "N_CHANNELS",
+    "N_COLORS",
+    "N_DIRECTIONS",
+    "N_OBJECTS",
+    "N_STATES",
+    "OBJECT_NAMES",
+    "STATE_NAMES",
+    "EnvSpec",
+    "EnvSpecError",
+    "compact_obs",
+    "from_one_hot",
+    "make_env",
+    "make_vector_env",
+    "obs_shape",
+    "one_hot",
+]

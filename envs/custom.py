@@ -1,0 +1,1 @@
+"""Custom MiniGrid environments, registered with gymnasium on import."""
