@@ -17,8 +17,8 @@ _COMMANDS = {
     "collect": "dtinterp.data.commands:cmd_collect",
     "data info": "dtinterp.data.commands:cmd_data_info",
     "train": "dtinterp.train.commands:cmd_train",
-    "evaluate": "dtinterp.train.commands:cmd_evaluate",
-    "calibrate": "dtinterp.train.commands:cmd_calibrate",
+    "evaluate": "dtinterp.train.evaluate:cmd_evaluate",
+    "calibrate": "dtinterp.train.calibrate:cmd_calibrate",
 }
 
 
