@@ -11,12 +11,16 @@ cell's state channels at zero (the direction is a separate input).
 from __future__ import annotations
 
 import numpy as np
+from minigrid.core.actions import Actions
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
 
 OBJECT_NAMES: tuple[str, ...] = tuple(sorted(OBJECT_TO_IDX, key=OBJECT_TO_IDX.get))
 COLOR_NAMES: tuple[str, ...] = tuple(sorted(COLOR_TO_IDX, key=COLOR_TO_IDX.get))
 STATE_NAMES: tuple[str, ...] = tuple(sorted(STATE_TO_IDX, key=STATE_TO_IDX.get))
 DIRECTION_NAMES: tuple[str, ...] = ("right", "down", "left", "up")
+#: MiniGrid's action names, indexed by action id: left, right, forward, pickup, drop, toggle, done.
+ACTION_NAMES: tuple[str, ...] = tuple(a.name for a in sorted(Actions, key=int))
+N_ACTIONS = len(ACTION_NAMES)  # 7
 
 N_OBJECTS = len(OBJECT_NAMES)  # 11
 N_COLORS = len(COLOR_NAMES)  # 6

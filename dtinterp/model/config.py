@@ -95,9 +95,9 @@ class DTConfig:
         return self.n_tokens
 
     _SAVED = (
-        "obs_shape n_actions max_timestep context_len n_layers n_heads d_model d_head d_mlp "
-        "normalization_type act_fn attn_only state_encoder init_range seed"
-    ).split()
+        "obs_shape", "n_actions", "max_timestep", "context_len", "n_layers", "n_heads", "d_model", "d_head",
+        "d_mlp", "normalization_type", "act_fn", "attn_only", "state_encoder", "init_range", "seed",
+    )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form stored in ``config.json`` (architecture only; no device)."""
