@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dtinterp.errors import CheckpointError, ConfigError
@@ -123,7 +123,7 @@ def load_checkpoint(
         raise CheckpointError(f"{weights}: contents do not match the sha256 recorded in {CONFIG_FILE}")
     try:
         tensors = load_file(str(weights), device="cpu")
-    except (SafetensorsError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights}: not a valid safetensors file ({exc})") from None
     model = HookedDecisionTransformer(cfg.replace(device="cpu"))
     own = model.state_dict()
