@@ -20,6 +20,8 @@ from envs.encoding import (
     one_hot,
 )
 from envs.errors import EnvSpecError
+from envs.experts import make_expert
+from envs.policies import POLICY_NAMES, Policy, make_policy
 from envs.spec import EnvSpec, make_env, make_vector_env, obs_shape
 
 __all__ = [
@@ -35,9 +37,13 @@ __all__ = [
     "STATE_NAMES",
     "EnvSpec",
     "EnvSpecError",
+    "POLICY_NAMES",
+    "Policy",
     "compact_obs",
     "from_one_hot",
     "make_env",
+    "make_expert",
+    "make_policy",
     "make_vector_env",
     "obs_shape",
     "one_hot",
