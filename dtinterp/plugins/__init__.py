@@ -1,0 +1,23 @@
+"""Analysis plugins: the API (:mod:`.api`), discovery (:mod:`.registry`) and built-ins (:mod:`.builtin`)."""
+
+from dtinterp.plugins.api import (
+    CATEGORIES,
+    Analysis,
+    AnalysisContext,
+    AnalysisResult,
+    Param,
+    ParameterError,
+    PluginError,
+    PluginFailure,
+)
+
+__all__ = [
+    "CATEGORIES",
+    "Analysis",
+    "AnalysisContext",
+    "AnalysisResult",
+    "Param",
+    "ParameterError",
+    "PluginError",
+    "PluginFailure",
+]

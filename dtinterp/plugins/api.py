@@ -1,0 +1,306 @@
+"""The plugin API: what an analysis declares, what it is given, what it returns.
+
+An analysis is a subclass of :class:`Analysis` with class attributes ``id``, ``title``, ``category``
+(``static``: weights only; ``dynamic``: forward passes on trajectories; ``causal``: interventions),
+``description`` and ``parameters`` (typed :class:`Param` declarations, enough for a UI to build controls
+and for the CLI to parse ``--param key=value``). It implements two steps:
+
+- ``compute(ctx, params) -> AnalysisResult``: numbers only (tensors, arrays, dataframes, plain values);
+  never imports dash or plotly.
+- ``figures(result) -> list[plotly Figure]``: presentation only, from the result alone.
+
+The :class:`AnalysisContext` holds the model, the inputs (one trajectory window or a batch), an optional
+edited counterfactual of them, and the ``ActivationCache`` of each, computed once on first use and shared by
+every analysis run on that context.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from transformer_lens import ActivationCache
+
+from dtinterp.errors import DtinterpError
+from dtinterp.interp.edits import Edit, apply_edits
+from dtinterp.model.hooked_dt import HookedDecisionTransformer
+from dtinterp.model.inputs import DTInputs, token_labels
+
+Category = Literal["static", "dynamic", "causal"]
+CATEGORIES: tuple[str, ...] = ("static", "dynamic", "causal")
+PARAM_TYPES = ("int", "float", "bool", "choice", "str")
+_ID_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
+
+
+class PluginError(DtinterpError):
+    """A plugin id, declaration or parameter is invalid, or a plugin failed while running."""
+
+
+class ParameterError(PluginError):
+    """A parameter value is missing its declaration, of the wrong type or out of bounds."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """A typed analysis parameter: default, bounds or choices, help text."""
+
+    name: str
+    type: str
+    default: Any
+    help: str = ""
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def check_declaration(self) -> None:
+        """Raise ``ValueError`` if the declaration itself is inconsistent."""
+        if not re.match(r"^[a-z][a-z0-9_]*$", self.name):
+            raise ValueError(f"parameter name {self.name!r} must be a lowercase identifier")
+        if self.type not in PARAM_TYPES:
+            raise ValueError(f"parameter {self.name!r}: type {self.type!r} not in {PARAM_TYPES}")
+        if self.type == "choice" and not self.choices:
+            raise ValueError(f"parameter {self.name!r}: a choice parameter needs choices")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"parameter {self.name!r}: min > max")
+        self.coerce(self.default, where="default of")
+
+    def coerce(self, value: Any, where: str = "") -> Any:
+        """``value`` (a Python value or the text of ``--param name=text``) as this parameter's type."""
+        label = f"{where} parameter {self.name!r}".strip()
+        try:
+            if self.type == "bool":
+                if isinstance(value, str):
+                    low = value.strip().lower()
+                    if low not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError
+                    value = low in ("true", "1", "yes")
+                elif not isinstance(value, (bool, np.bool_)):
+                    raise ValueError
+                return bool(value)
+            if self.type == "int":
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise ValueError
+                value = int(value)
+            elif self.type == "float":
+                if isinstance(value, bool):
+                    raise ValueError
+                value = float(value)
+                if not math.isfinite(value):
+                    raise ValueError
+            elif self.type == "str":
+                value = str(value)
+            elif self.type == "choice":
+                options = {str(c): c for c in self.choices or ()}
+                if value not in (self.choices or ()) and str(value) not in options:
+                    raise ParameterError(f"{label}: {value!r} is not one of {list(self.choices or ())}")
+                return options.get(str(value), value)
+        except (TypeError, ValueError):
+            raise ParameterError(f"{label}: expected {self.type}, got {value!r}") from None
+        if self.min is not None and value < self.min:
+            raise ParameterError(f"{label}: {value} is below the minimum {self.min}")
+        if self.max is not None and value > self.max:
+            raise ParameterError(f"{label}: {value} is above the maximum {self.max}")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class AnalysisResult:
+    """What ``compute`` returns: named arrays/tables/numbers plus the parameters that made them."""
+
+    plugin_id: str
+    params: dict[str, Any]
+    data: dict[str, Any]
+    summary: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict: tensors and arrays become nested lists, dataframes lists of records."""
+        return {
+            "plugin_id": self.plugin_id,
+            "params": _jsonable(self.params),
+            "summary": self.summary,
+            "data": _jsonable(self.data),
+        }
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind == "f":
+            return np.where(np.isfinite(x), x, None).tolist() if not np.isfinite(x).all() else x.tolist()
+        return x.tolist()
+    if isinstance(x, (np.generic,)):
+        return x.item()
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "to_dict") and hasattr(x, "columns"):  # a pandas DataFrame
+        return _jsonable(x.to_dict(orient="records"))
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+class AnalysisContext:
+    """Model + inputs (+ an optional edited counterfactual), with caches computed once and shared.
+
+    ``inputs`` is a batch of context windows (batch 1 for a single trajectory step). ``edits`` are applied
+    to a copy to form ``counterfactual``. Forward passes run lazily under ``torch.inference_mode`` and are
+    memoised; hooks live only for the duration of one ``run_with_cache`` call.
+    """
+
+    def __init__(
+        self,
+        model: HookedDecisionTransformer,
+        inputs: DTInputs,
+        meta: Mapping[str, Any] | None = None,
+        edits: Sequence[Edit] = (),
+        description: str = "",
+    ):
+        self.model = model.eval()
+        self.inputs = inputs.to(model.W_U.device)
+        self.meta = dict(meta or {})
+        self.edits = list(edits)
+        self.description = description
+        self.counterfactual = apply_edits(self.inputs, self.edits, self.rtg_scale) if self.edits else None
+        self._lock = threading.RLock()
+        self._runs: dict[str, tuple[torch.Tensor, ActivationCache]] = {}
+
+    @property
+    def rtg_scale(self) -> float:
+        return float(self.meta.get("rtg_scale", 1.0))
+
+    @property
+    def token_labels(self) -> list[str]:
+        return token_labels(self.inputs.context_len)
+
+    def _run(self, which: str) -> tuple[torch.Tensor, ActivationCache]:
+        with self._lock:
+            if which not in self._runs:
+                inputs = self.inputs if which == "clean" else self.counterfactual
+                if inputs is None:
+                    raise PluginError("this analysis needs a counterfactual: give at least one edit")
+                with torch.inference_mode():
+                    logits, raw = self.model.run_with_cache(inputs)
+                self._runs[which] = (logits, ActivationCache(raw, self.model))
+            return self._runs[which]
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """Action logits ``[B, K, n_actions]`` of the clean inputs."""
+        return self._run("clean")[0]
+
+    @property
+    def cache(self) -> ActivationCache:
+        """Activation cache of the clean inputs."""
+        return self._run("clean")[1]
+
+    @property
+    def cf_logits(self) -> torch.Tensor:
+        return self._run("counterfactual")[0]
+
+    @property
+    def cf_cache(self) -> ActivationCache:
+        return self._run("counterfactual")[1]
+
+    def describe(self) -> dict[str, Any]:
+        """Plain description of the model and inputs, for reports."""
+        cfg = self.model.cfg
+        return {
+            "description": self.description,
+            "env": self.meta.get("env_spec", {}).get("env_id"),
+            "model": {k: getattr(cfg, k) for k in ("n_layers", "n_heads", "d_model", "d_mlp", "context_len")},
+            "batch": self.inputs.batch_size,
+            "context_len": self.inputs.context_len,
+            "edits": [str(e) for e in self.edits],
+        }
+
+
+class Analysis(abc.ABC):
+    """Base class of every analysis plugin (see the module docstring)."""
+
+    id: ClassVar[str]
+    title: ClassVar[str]
+    category: ClassVar[str]
+    description: ClassVar[str] = ""
+    parameters: ClassVar[tuple[Param, ...]] = ()
+    needs_counterfactual: ClassVar[bool] = False
+    """True if ``compute`` reads ``ctx.counterfactual`` (the app then asks for an edit)."""
+
+    @abc.abstractmethod
+    def compute(self, ctx: AnalysisContext, params: dict[str, Any]) -> AnalysisResult:
+        """The numbers of the analysis on ``ctx`` with resolved ``params``."""
+
+    @abc.abstractmethod
+    def figures(self, result: AnalysisResult) -> list[Any]:
+        """Plotly figures of ``result``."""
+
+    @classmethod
+    def check_declaration(cls) -> None:
+        """Raise ``ValueError`` if the class declares an invalid id, category or parameters."""
+        for attr in ("id", "title", "category"):
+            if not isinstance(getattr(cls, attr, None), str):
+                raise ValueError(f"{cls.__name__} must declare a string {attr!r}")
+        if not _ID_RE.match(cls.id):
+            raise ValueError(f"plugin id {cls.id!r} must be a lowercase slug")
+        if cls.category not in CATEGORIES:
+            raise ValueError(f"plugin {cls.id!r}: category {cls.category!r} not in {CATEGORIES}")
+        names = [p.name for p in cls.parameters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"plugin {cls.id!r}: duplicate parameter names")
+        for p in cls.parameters:
+            if not isinstance(p, Param):
+                raise ValueError(f"plugin {cls.id!r}: parameters must be Param instances")
+            p.check_declaration()
+
+    def resolve_params(self, raw: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults overlaid with ``raw`` (Python values or CLI text), each validated."""
+        raw = dict(raw or {})
+        declared = {p.name: p for p in self.parameters}
+        unknown = sorted(set(raw) - set(declared))
+        if unknown:
+            raise ParameterError(
+                f"plugin {self.id!r} has no parameter {unknown[0]!r} (parameters: {', '.join(declared) or 'none'})"
+            )
+        return {
+            n: p.coerce(raw[n], where=f"plugin {self.id!r}") if n in raw else p.default
+            for n, p in declared.items()
+        }
+
+    def run(self, ctx: AnalysisContext, params: Mapping[str, Any] | None = None) -> AnalysisResult:
+        """Resolve parameters and compute."""
+        return self.compute(ctx, self.resolve_params(params))
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {
+            "id": cls.id,
+            "title": cls.title,
+            "category": cls.category,
+            "description": cls.description,
+            "needs_counterfactual": cls.needs_counterfactual,
+            "parameters": [p.to_dict() for p in cls.parameters],
+        }
+
+
+@dataclass
+class PluginFailure:
+    """A plugin that could not be loaded, declared invalid parameters, or raised while computing."""
+
+    name: str
+    stage: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"plugin {self.name!r} failed at {self.stage}: {self.error}"

@@ -1,0 +1,1 @@
+"""Built-in analyses, one module each; every public ``Analysis`` subclass here is registered."""
