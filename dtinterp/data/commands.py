@@ -1,0 +1,135 @@
+"""``dtinterp collect`` and ``dtinterp data info``: make a dataset, and look inside one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dtinterp.data.dataset import TrajectoryDataset, load_dataset, save_dataset
+from dtinterp.errors import DatasetError
+from envs.spec import EnvSpec
+
+_HIST_BINS = 12
+_BAR_WIDTH = 40
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    """Collect ``--episodes`` episodes of ``--policy`` in ``--env`` and save them atomically to ``--out``."""
+    out = Path(args.out)
+    _check_out_path(out)
+    spec = EnvSpec(
+        env_id=args.env,
+        view_size=args.view_size,
+        fully_observed=args.fully_observed,
+        max_steps=args.max_steps,
+    )
+    from dtinterp.data.collect import collect  # after the cheap checks: it loads the policies
+
+    ds = collect(spec, args.episodes, args.policy, seed=args.seed, workers=args.workers, progress=True)
+    save_dataset(ds, out)
+    size = out.stat().st_size
+    rets = ds.episode_returns()
+    print(f"wrote {out}")
+    print(f"  episodes      {ds.n_episodes}")
+    print(f"  transitions   {ds.n_transitions}")
+    print(f"  return        mean {rets.mean():.3f}  min {rets.min():.3f}  max {rets.max():.3f}")
+    print(f"  success rate  {ds.success_mask().mean():.1%}")
+    print(f"  file size     {_human_bytes(size)} ({size / ds.n_transitions:.1f} bytes per transition)")
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    """Print a dataset's provenance, statistics and a histogram of episode returns."""
+    ds = load_dataset(args.file)
+    print(format_info(ds, title=str(args.file)))
+    return 0
+
+
+def format_info(ds: TrajectoryDataset, title: str = "dataset") -> str:
+    """Multi-line text summary of ``ds``: metadata, statistics, per-mode counts, return histogram."""
+    meta = ds.metadata
+    spec = ds.env_spec
+    view = "fully observed" if spec.fully_observed else f"egocentric {spec.view_size}x{spec.view_size}"
+    max_steps = spec.max_steps if spec.max_steps is not None else "env default"
+    pol = meta["policy"]
+    rets, lens, succ = ds.episode_returns(), ds.episode_lengths(), ds.success_mask()
+    lines = [
+        title,
+        f"  env             {spec.env_id} ({view}, max steps {max_steps})",
+        f"  policy          {pol['name']}",
+        *(f"    {k:<13} {_format_param(v)}" for k, v in sorted(pol.get("params", {}).items())),
+        f"  seed            {meta['seed']}",
+        f"  format          v{meta['format_version']}, written by dtinterp {meta['package_version']}",
+        f"  episodes        {ds.n_episodes}",
+        f"  transitions     {ds.n_transitions}",
+        f"  mean length     {lens.mean():.1f} (min {lens.min()}, max {lens.max()})",
+        f"  success rate    {succ.mean():.1%}",
+        f"  return          mean {rets.mean():.3f}  min {rets.min():.3f}  max {rets.max():.3f}",
+        "  modes",
+    ]
+    counts = np.bincount(ds.episode_modes, minlength=len(ds.modes))
+    width = max(len(m) for m in ds.modes)
+    for k, name in enumerate(ds.modes):
+        sel = ds.episode_modes == k
+        detail = (
+            f"  success {succ[sel].mean():6.1%}  mean return {rets[sel].mean():6.3f}" if counts[k] else ""
+        )
+        lines.append(f"    {name:<{width}}  {counts[k]:>7} episodes{detail}")
+    lines.append("  episode returns")
+    lines += ["    " + row for row in return_histogram(rets)]
+    return "\n".join(lines)
+
+
+def _format_param(value: object) -> str:
+    """``{"a": 1, "b": "x"}`` -> ``a=1, b=x``: policy parameters, readable in one line."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_format_param(v)}" for k, v in value.items()) or "{}"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}"
+    return json.dumps(value)
+
+
+def return_histogram(returns: np.ndarray, bins: int = _HIST_BINS, width: int = _BAR_WIDTH) -> list[str]:
+    """Text histogram rows ``[lo, hi)  ####  count`` with bars scaled so the fullest bin is ``width`` wide."""
+    lo, hi = float(returns.min()), float(returns.max())
+    if lo == hi:
+        counts, edges = np.array([len(returns)]), np.array([lo, hi])
+    else:
+        counts, edges = np.histogram(returns, bins=bins, range=(lo, hi))
+    top = max(int(counts.max()), 1)
+    rows = []
+    for k, c in enumerate(counts):
+        close = "]" if k == len(counts) - 1 else ")"
+        bar = "#" * int(round(width * c / top))
+        if c and not bar:
+            bar = "."  # a non-empty bin too small to draw still shows
+        rows.append(f"[{edges[k]:7.3f}, {edges[k + 1]:7.3f}{close}  {bar:<{width}}  {c}")
+    return rows
+
+
+def _check_out_path(out: Path) -> None:
+    """Refuse an output path that cannot be written, before any episode is collected."""
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise DatasetError(f"output directory {str(parent)!r} for --out does not exist")
+    if out.is_dir():
+        raise DatasetError(f"--out {str(out)!r} is a directory, expected a .npz file path")
+    if not os.access(parent, os.W_OK):
+        raise DatasetError(f"output directory {str(parent)!r} for --out is not writable")
+
+
+def _human_bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    size, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{size:.1f} {unit}"
