@@ -30,7 +30,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from dtinterp.data.collect import collect  # after the cheap checks: it loads the policies
 
     ds = collect(spec, args.episodes, args.policy, seed=args.seed, workers=args.workers, progress=True)
-    save_dataset(ds, out)
+    try:
+        save_dataset(ds, out)
+    except OSError as exc:
+        raise DatasetError(f"cannot write --out {str(out)!r}: {exc.strerror or exc}") from None
     size = out.stat().st_size
     rets = ds.episode_returns()
     print(f"wrote {out}")
