@@ -19,6 +19,7 @@ _COMMANDS = {
     "train": "dtinterp.train.commands:cmd_train",
     "evaluate": "dtinterp.train.evaluate:cmd_evaluate",
     "calibrate": "dtinterp.train.calibrate:cmd_calibrate",
+    "models": "dtinterp.model.shipped:cmd_models",
 }
 
 
@@ -74,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=_positive_int, default=None, help="override the number of steps")
     t.add_argument("--seed", type=_nonneg_int, default=None, help="override the seed")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    t.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    t.add_argument("--logger", choices=["none", "tensorboard", "wandb"], default="none")
+    t.add_argument("--device", default=None, help="override the torch device (cpu, cuda); config default cpu")
+    t.add_argument(
+        "--logger", choices=["none", "tensorboard", "wandb"], default=None, help="override the metrics logger"
+    )
     t.set_defaults(command_key="train")
 
     e = sub.add_parser("evaluate", help="roll out a trained model at target returns")
@@ -101,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", required=True, help="interactive plotly HTML (numbers go beside it as JSON)")
     k.add_argument("--device", default="cpu")
     k.set_defaults(command_key="calibrate")
+
+    m = sub.add_parser("models", help="list the shipped agents")
+    m.add_argument("--dir", default=None, help="models directory (default: trained_models/)")
+    m.set_defaults(command_key="models")
     return p
 
 
