@@ -22,6 +22,7 @@ from envs.encoding import (
 from envs.errors import EnvSpecError
 from envs.experts import make_expert
 from envs.policies import POLICY_NAMES, Policy, make_policy
+from envs.render import render_pov, render_world
 from envs.spec import EnvSpec, make_env, make_vector_env, obs_shape
 
 __all__ = [
@@ -47,4 +48,6 @@ __all__ = [
     "make_vector_env",
     "obs_shape",
     "one_hot",
+    "render_pov",
+    "render_world",
 ]

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 from minigrid.minigrid_env import MiniGridEnv
-from minigrid.wrappers import FullyObsWrapper, ViewSizeWrapper
+from minigrid.wrappers import FullyObsWrapper
 
 from envs.errors import EnvSpecError
 
@@ -94,7 +95,12 @@ def make_env(spec: EnvSpec, seed: int | None = None, render_mode: str | None = N
     if spec.fully_observed:
         env = FullyObsWrapper(env)
     elif spec.view_size != base.agent_view_size:
-        env = ViewSizeWrapper(env, agent_view_size=spec.view_size)
+        # What minigrid's ``agent_view_size`` constructor argument does, for any env class: the base
+        # env then emits views of this size, and its POV render and the field of view highlighted
+        # in world renders agree with them (minigrid's ViewSizeWrapper leaves those at the default).
+        base.agent_view_size = spec.view_size
+        image_space = gym.spaces.Box(0, 255, (spec.view_size, spec.view_size, 3), dtype=np.uint8)
+        base.observation_space = gym.spaces.Dict({**base.observation_space.spaces, "image": image_space})
     if seed is not None:
         env.reset(seed=seed)
     return env
