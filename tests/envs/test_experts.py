@@ -17,6 +17,7 @@ from envs.experts import (
     DynamicObstaclesExpert,
     GoalExpert,
     MemoryExpert,
+    has_expert,
     make_expert,
     plan,
     poses_on,
@@ -170,6 +171,7 @@ def test_env_without_expert_is_a_clear_error():
     env = make_env(EnvSpec("MiniGrid-FourRooms-v0"))
     with pytest.raises(EnvSpecError, match="no scripted expert for env 'MiniGrid-FourRooms-v0'"):
         make_expert(env)
+    assert not has_expert(env) and has_expert(make_env(EnvSpec("MiniGrid-MemoryS7FixedStart-v0")))
 
 
 def test_expert_only_reads_the_unwrapped_state():
