@@ -20,6 +20,7 @@ _COMMANDS = {
     "evaluate": "dtinterp.train.evaluate:cmd_evaluate",
     "calibrate": "dtinterp.train.calibrate:cmd_calibrate",
     "models": "dtinterp.model.shipped:cmd_models",
+    "analyze": "dtinterp.analyze:cmd_analyze",
 }
 
 
@@ -108,6 +109,25 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the shipped agents")
     m.add_argument("--dir", default=None, help="models directory (default: trained_models/)")
     m.set_defaults(command_key="models")
+
+    a = sub.add_parser("analyze", help="run an analysis plugin on a model and write an HTML report")
+    a.add_argument("model_dir", nargs="?", default=None, help="checkpoint directory")
+    a.add_argument("--list", action="store_true", help="list the analyses and their parameters, then exit")
+    a.add_argument("--analysis", default=None, metavar="ID", help="analysis id (see --list)")
+    a.add_argument("--trajectory", default=None, metavar="FILE", help="one-episode dataset .npz")
+    a.add_argument("--step", type=_nonneg_int, default=None, help="step of the episode (default: the last)")
+    a.add_argument("--data", default=None, metavar="FILE", help="dataset .npz: windows at every step")
+    a.add_argument("--episodes", type=_positive_int, default=None, help="use the first N episodes of --data")
+    a.add_argument("--max-windows", type=_positive_int, default=None, help="cap on --data windows (256)")
+    a.add_argument("--rollout", action="store_true", help="play one greedy episode now and analyse it")
+    a.add_argument("--rtg", type=float, default=None, help="target return of --rollout")
+    a.add_argument("--seed", type=_nonneg_int, default=None, help="env seed of --rollout (0)")
+    a.add_argument("--edit", action="append", default=[], help="token edit, e.g. R3=0.5 (repeatable)")
+    a.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="plugin parameter")
+    a.add_argument("--out", default=None, metavar="REPORT.html", help="standalone HTML report")
+    a.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
+    a.add_argument("--device", default="cpu")
+    a.set_defaults(command_key="analyze")
     return p
 
 
