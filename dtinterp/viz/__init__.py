@@ -1,0 +1,15 @@
+"""Plotly figure builders shared by the analyses: arrays + labels in, ``plotly.graph_objects.Figure`` out.
+
+Builders know nothing of models or plugins; each returns a figure with a title and labelled axes
+(:func:`dtinterp.viz.style.finish`). Modules: :mod:`.heatmap` (labelled matrices, diverging scales
+centred at 0), :mod:`.clustergram` (a heatmap in clustered order with its dendrogram), :mod:`.lines`
+(series with error bands), :mod:`.strip` (box/strip plots, histograms, bar panels), :mod:`.style`
+(colour scales and palette).
+"""
+
+from dtinterp.viz.clustergram import clustergram
+from dtinterp.viz.heatmap import heatmap
+from dtinterp.viz.lines import line_plot
+from dtinterp.viz.strip import bar_panels, histogram, strip_plot
+
+__all__ = ["bar_panels", "clustergram", "heatmap", "histogram", "line_plot", "strip_plot"]
