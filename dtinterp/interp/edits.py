@@ -47,7 +47,7 @@ class SetRTG:
     value: float
 
     def __str__(self) -> str:
-        return f"R{'*' if self.timestep is None else self.timestep}={self.value:g}"
+        return f"R{'*' if self.timestep is None else self.timestep}={float(self.value)!r}"
 
 
 @dataclass(frozen=True)

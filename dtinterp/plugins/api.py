@@ -256,12 +256,12 @@ class Analysis(abc.ABC):
             raise ValueError(f"plugin id {cls.id!r} must be a lowercase slug")
         if cls.category not in CATEGORIES:
             raise ValueError(f"plugin {cls.id!r}: category {cls.category!r} not in {CATEGORIES}")
+        if not all(isinstance(p, Param) for p in cls.parameters):
+            raise ValueError(f"plugin {cls.id!r}: parameters must be Param instances")
         names = [p.name for p in cls.parameters]
         if len(set(names)) != len(names):
             raise ValueError(f"plugin {cls.id!r}: duplicate parameter names")
         for p in cls.parameters:
-            if not isinstance(p, Param):
-                raise ValueError(f"plugin {cls.id!r}: parameters must be Param instances")
             p.check_declaration()
 
     def resolve_params(self, raw: Mapping[str, Any] | None = None) -> dict[str, Any]:
