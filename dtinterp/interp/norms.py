@@ -58,10 +58,11 @@ def residual_norms(
     masked here (see :func:`masked_batch_stats`).
     """
     sites = resid_sites(model)
-    stacked = torch.stack(
-        [torch.stack([cache[site, layer] for site in sites]) for layer in range(model.cfg.n_layers)]
-    )  # [L, S, B, P, d]
-    return torch.linalg.norm(stacked, dim=-1), list(sites)
+    norms = [
+        torch.stack([torch.linalg.norm(cache[site, layer], dim=-1) for site in sites])  # [S, B, P]
+        for layer in range(model.cfg.n_layers)
+    ]
+    return torch.stack(norms), list(sites)
 
 
 def select_state_tokens(
@@ -117,12 +118,14 @@ def component_effects(
     b, k = select_state_tokens(pad_mask, position)
     action = logits.argmax(-1)[b, k]  # [N]
     direction = model.W_U.T[action]  # [N, d]
+    # Only the state tokens needed: the final token (S_K) alone for "last", every state token for "all".
+    pos_slice, kk = (slice(-1, None), torch.zeros_like(k)) if position == "last" else (STATE_SLICE, k)
 
-    def measure(stack: Tensor) -> tuple[Tensor, Tensor]:  # stack [C, B, K, d] at state tokens
-        scaled = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=STATE_SLICE)
-        return torch.linalg.norm(stack[:, b, k], dim=-1), (scaled[:, b, k] * direction).sum(-1)
+    def measure(stack: Tensor) -> tuple[Tensor, Tensor]:  # stack [C, B, p, d] at pos_slice
+        scaled = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=pos_slice)
+        return torch.linalg.norm(stack[:, b, kk], dim=-1), (scaled[:, b, kk] * direction).sum(-1)
 
-    comps, labels = cache.decompose_resid(layer=-1, pos_slice=STATE_SLICE, return_labels=True)
+    comps, labels = cache.decompose_resid(layer=-1, pos_slice=pos_slice, return_labels=True)
     norm, dla = measure(comps)
     out: dict[str, Tensor | list[str]] = {
         "labels": labels,
@@ -135,7 +138,7 @@ def component_effects(
         "step": k,
     }
     if heads:
-        stack, head_labels = head_results(model, cache)
+        stack, head_labels = head_results(model, cache, pos_slice)
         out["head_labels"] = head_labels
         out["head_norm"], out["head_dla"] = measure(stack)
     return out
