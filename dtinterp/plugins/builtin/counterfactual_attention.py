@@ -144,8 +144,10 @@ class CounterfactualAttention(Analysis):
                     row=i + 1,
                     col=j + 1,
                 )
-        grid.update_yaxes(autorange="reversed", type="category", title_text="query")
-        grid.update_xaxes(type="category", title_text="key")
+        grid.update_yaxes(autorange="reversed", type="category")
+        grid.update_xaxes(type="category")
+        grid.update_yaxes(title_text="query token", col=1)
+        grid.update_xaxes(title_text="key token", row=len(heads))
         value = " (value-weighted)" if result.params.get("value_weighted") else ""
         grid.update_layout(
             coloraxis={"colorscale": SEQUENTIAL, "cmin": 0.0, "cmax": top, "colorbar": {"title": {"text": "attention"}, "x": 1.02, "len": 0.45, "y": 0.75}},

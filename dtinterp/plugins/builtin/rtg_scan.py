@@ -3,7 +3,11 @@
 The window's RTG is set to ``n_points`` values in ``[rtg_min, rtg_max]`` (return units) and the sweep runs
 as one batched forward pass (see :mod:`dtinterp.interp.rtg_scan` for the ``shift``/``constant`` modes).
 The components' contributions to one action are then correlated over the sweep and clustered (average
-linkage on ``1 - correlation``), which groups components that respond to the RTG together.
+linkage on ``1 - correlation``), which groups components that respond to the RTG together. The
+clustergram holds the ``max_cluster`` components whose contribution varies most over the sweep (all of
+them at layer and head granularity with the default 64; at neuron granularity the full matrix would be
+thousands squared). The attributed action is fixed over the sweep (by default the one predicted for the
+actual window), so the curves of different RTGs are comparable.
 """
 
 from __future__ import annotations
