@@ -116,9 +116,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     json_path = html_path.with_suffix(".json")
     device = check_device(args.device)
     from dtinterp.model.checkpoint import load_checkpoint  # heavy: only once the arguments are valid
+    from dtinterp.train.rollout import check_model_env
 
     model, meta = load_checkpoint(args.model_dir, device=device)
-    spec_and_scale(meta, args.model_dir)
+    spec, _ = spec_and_scale(meta, args.model_dir)
+    check_model_env(model.cfg, spec, args.model_dir)
 
     result = calibrate(
         model, meta, args.rtg_min, args.rtg_max, args.points, args.episodes, args.seed, args.num_envs

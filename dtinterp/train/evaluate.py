@@ -228,10 +228,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     gif_path = check_video_path(args.gif, "--gif") if args.gif else None
     device = check_device(args.device)
     from dtinterp.model.checkpoint import load_checkpoint  # heavy: only once the arguments are valid
-    from dtinterp.train.rollout import rollout
+    from dtinterp.train.rollout import check_model_env, rollout
 
     model, meta = load_checkpoint(args.model_dir, device=device)
     spec, rtg_scale = spec_and_scale(meta, args.model_dir)
+    check_model_env(model.cfg, spec, args.model_dir)
 
     result = evaluate(model, meta, args.rtg, args.episodes, args.seed, args.num_envs, args.sample)
     result["model_dir"] = str(args.model_dir)

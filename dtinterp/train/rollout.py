@@ -30,6 +30,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dtinterp.data.dataset import TrajectoryDataset, make_metadata
+from dtinterp.errors import ConfigError
+from dtinterp.model.config import DTConfig
 from dtinterp.model.inputs import DTInputs
 from envs import EnvSpec, compact_obs, make_env
 
@@ -184,6 +186,26 @@ class _Windows:
         )
 
 
+def check_model_env(cfg: DTConfig, spec: EnvSpec, where: str = "model") -> None:
+    """Raise :class:`ConfigError` unless a model with ``cfg`` can act in ``spec``'s env.
+
+    The observation grid must have the model's (W, H) and every action the model can emit must exist.
+    """
+    env = make_env(spec)
+    try:
+        grid = tuple(env.observation_space["image"].shape[:2])
+        n_env_actions = int(env.action_space.n)
+    finally:
+        env.close()
+    if grid != tuple(cfg.obs_shape):
+        raise ConfigError(
+            f"{where}: expects {cfg.obs_shape[0]}x{cfg.obs_shape[1]} observations but {spec.to_json()} "
+            f"gives {grid[0]}x{grid[1]}"
+        )
+    if cfg.n_actions > n_env_actions:
+        raise ConfigError(f"{where}: has {cfg.n_actions} actions but {spec.env_id} has only {n_env_actions}")
+
+
 def _check_args(model: nn.Module, seeds: Sequence[int], num_envs: int, rtg_scale: float) -> None:
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -216,6 +238,7 @@ def rollout(
     """
     _check_args(model, seeds, num_envs, rtg_scale)
     cfg = model.cfg
+    check_model_env(cfg, spec)
     device = model_device(model)
     n = min(num_envs, len(seeds))
     envs = [make_env(spec) for _ in range(n)]
@@ -338,6 +361,7 @@ def rollout_reference(
     """One env, one episode at a time, batch-of-one forwards: the reference :func:`rollout` must match."""
     _check_args(model, seeds, 1, rtg_scale)
     cfg = model.cfg
+    check_model_env(cfg, spec)
     device = model_device(model)
     env = make_env(spec)
     grid_shape = env.observation_space["image"].shape

@@ -237,3 +237,11 @@ def test_evaluate_checkpoint_without_env_spec_is_an_error(tmp_path, capsys):
     save_checkpoint(tmp_path, HookedDecisionTransformer(cfg), {"rtg_scale": 1.0})
     assert main(["evaluate", str(tmp_path), "--rtg", "1"]) == 2
     assert "env_spec" in capsys.readouterr().err
+
+
+def test_evaluate_checkpoint_for_another_view_size_is_an_error(tmp_path, capsys):
+    cfg = DTConfig(obs_shape=(5, 5), context_len=2, n_layers=1, n_heads=1, d_model=8, d_mlp=8)
+    save_checkpoint(tmp_path, HookedDecisionTransformer(cfg), {"env_spec": SPEC.to_dict(), "rtg_scale": 1.0})
+    assert main(["evaluate", str(tmp_path), "--rtg", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path) in err[0] and "5x5 observations" in err[0]
