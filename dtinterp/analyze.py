@@ -172,7 +172,7 @@ def build_inputs(
         _status(f"building windows from {args.episodes} episode(s) of {args.data}")
         inputs = episode_windows(ds, episodes, model, rtg_scale, max_windows, spec, where)
         n_steps = int(ds.episode_lengths()[: args.episodes].sum())
-        ends = "every step" if inputs.batch_size == n_steps else f"{inputs.batch_size} evenly spaced steps"
+        ends = "every step" if inputs.batch_size == n_steps else "evenly spaced steps"
         return inputs, {
             "source": f"dataset {args.data}",
             "env": spec.to_json(),
