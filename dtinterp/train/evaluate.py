@@ -201,18 +201,21 @@ def print_table(result: dict[str, Any], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
-    for col in ("target RTG", "mean return [95% CI]", "success [95% CI]", "mean length", "episodes"):
-        table.add_column(col, justify="right")
+    table = Table(
+        title=title, caption=f"{result['episodes']} episodes per target, seeds from {result['seed']}"
+    )
+    for col in ("target", "return", "95% CI", "success", "95% CI", "length"):
+        table.add_column(col, justify="right", no_wrap=True)
     for r in result["results"]:
         lo, hi = r["return_ci"]
         slo, shi = r["success_ci"]
         table.add_row(
             f"{r['target_rtg']:g}",
-            f"{r['mean_return']:.3f} [{lo:.3f}, {hi:.3f}]",
-            f"{100 * r['success_rate']:.1f}% [{100 * slo:.1f}, {100 * shi:.1f}]",
+            f"{r['mean_return']:.3f}",
+            f"[{lo:.3f}, {hi:.3f}]",
+            f"{100 * r['success_rate']:.1f}%",
+            f"[{100 * slo:.1f}, {100 * shi:.1f}]",
             f"{r['mean_length']:.1f}",
-            str(r["episodes"]),
         )
     Console().print(table)
 

@@ -63,6 +63,12 @@ def replay_frames(
     return np.stack(frames)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _even(frames: np.ndarray) -> np.ndarray:
     """Pad frames to even height and width (H.264 with yuv420p needs both even)."""
     _, h, w, _ = frames.shape
@@ -97,6 +103,7 @@ def export_episode(
             iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)
         else:
             iio.imwrite(tmp, _even(frames), plugin="FFMPEG", fps=fps, macro_block_size=1)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a GIF is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

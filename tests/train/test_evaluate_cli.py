@@ -181,7 +181,7 @@ def test_cli_evaluate_writes_json_and_gif(ckpt, tmp_path, capsys):
     )
     expected = export_episode((SPEC, 4, first.trajectory.actions), tmp_path / "expected.gif")
     assert out_gif.read_bytes() == expected.read_bytes()
-    assert "mean return" in capsys.readouterr().out
+    assert "95% CI" in capsys.readouterr().out
 
 
 def test_cli_calibrate_writes_html_and_json(ckpt, tmp_path):
