@@ -55,7 +55,7 @@ def main() -> None:
     cfg = model.cfg
     seeds = list(range(args.episodes))
     print(
-        f"{source}: {spec.env_id}, K={cfg.context_len}, {cfg.n_layers} layers, d_model={cfg.d_model}, "
+        f"{source}: {spec.env_id}, K={cfg.context_len}, n_layers={cfg.n_layers}, d_model={cfg.d_model}, "
         f"device={args.device}, threads={args.threads}; {args.episodes} greedy episodes, median of {args.runs}"
     )
 
