@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,8 @@ def _check_args(args: argparse.Namespace) -> None:
     for flag, path in (("--out", args.out), ("--json", args.json)):
         if path is not None:
             _check_out(flag, Path(path))
+    if args.json is not None and Path(args.json).resolve() == Path(args.out).resolve():
+        raise DtinterpError(f"--json and --out name the same file {args.out!r}")
     sources = [
         s for s, on in (("trajectory", args.trajectory), ("data", args.data), ("rollout", args.rollout)) if on
     ]
@@ -238,8 +241,13 @@ def _check_figures(plugin: Analysis, figures: Any) -> None:
         )
 
 
-def format_plugin_list(registry: Registry) -> str:
+def format_plugin_list(registry: Registry, width: int = 100) -> str:
     """Every analysis by category with its parameters, then the plugins that failed to load."""
+
+    def wrap(text: str, indent: int) -> list[str]:
+        pad = " " * indent
+        return textwrap.wrap(" ".join(text.split()), width, initial_indent=pad, subsequent_indent=pad)
+
     lines: list[str] = []
     for category, plugins in registry.by_category().items():
         lines.append(f"{category}:")
@@ -248,24 +256,26 @@ def format_plugin_list(registry: Registry) -> str:
         for p in plugins:
             flag = "  [needs --edit]" if p.needs_counterfactual else ""
             lines.append(f"  {p.id:<28} {p.title}{flag}")
-            if p.description:
-                lines.append(f"      {p.description.strip().splitlines()[0]}")
-            lines.extend(f"      --param {_param_line(q)}" for q in p.parameters)
+            lines.extend(wrap(p.description, 6))
+            for q in p.parameters:
+                lines.append(f"      --param {q.name}={q.default}  ({_param_kind(q)})")
+                lines.extend(wrap(q.help, 10))
     if registry.failures:
         lines.append("failed plugins (skipped):")
         lines.extend(f"  {f.name} ({f.stage}): {f.error}" for f in registry.failures)
     return "\n".join(lines)
 
 
-def _param_line(p: Param) -> str:
+def _param_kind(p: Param) -> str:
     if p.choices is not None:
-        kind = f"{{{','.join(str(c) for c in p.choices)}}}"
-    elif p.min is not None or p.max is not None:
-        kind = f"{p.type} in [{'' if p.min is None else p.min}, {'' if p.max is None else p.max}]"
-    else:
-        kind = p.type
-    help_text = f"  {p.help}" if p.help else ""
-    return f"{p.name}={p.default!s:<8} {kind}{help_text}"
+        return f"{p.type}: {' | '.join(str(c) for c in p.choices)}"
+    if p.min is not None and p.max is not None:
+        return f"{p.type} in [{p.min}, {p.max}]"
+    if p.min is not None:
+        return f"{p.type} >= {p.min}"
+    if p.max is not None:
+        return f"{p.type} <= {p.max}"
+    return p.type
 
 
 __all__ = ["build_inputs", "cmd_analyze", "describe_model", "format_plugin_list", "parse_params"]

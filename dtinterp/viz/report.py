@@ -62,9 +62,13 @@ def _type_text(p: Mapping[str, Any]) -> str:
     if p.get("choices") is not None:
         return f"{p['type']}: {' | '.join(str(c) for c in p['choices'])}"
     lo, hi = p.get("min"), p.get("max")
-    if lo is None and hi is None:
-        return str(p["type"])
-    return f"{p['type']} in [{'' if lo is None else lo}, {'' if hi is None else hi}]"
+    if lo is not None and hi is not None:
+        return f"{p['type']} in [{lo}, {hi}]"
+    if lo is not None:
+        return f"{p['type']} >= {lo}"
+    if hi is not None:
+        return f"{p['type']} <= {hi}"
+    return str(p["type"])
 
 
 def render_report(

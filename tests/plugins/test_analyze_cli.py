@@ -105,7 +105,7 @@ def test_list_shows_every_plugin_with_its_parameters_and_the_failures(files):
     for plugin_id in [*get_registry().plugins, "fake-two-figures"]:
         assert f"  {plugin_id} " in out, plugin_id
     assert "Fake: scaled logits" in out
-    assert "--param scale=1.0      float in [0.0, 10.0]  multiplies the logits" in out
+    assert "      --param scale=1.0  (float in [0.0, 10.0])\n          multiplies the logits\n" in out
     assert out.index("causal:") < out.index("fake-two-figures")
     failed = out[out.index("failed plugins (skipped):") :]
     assert "fake-broken (import): ModuleNotFoundError" in failed
@@ -214,6 +214,7 @@ BASE = {"model": "model", "--analysis": "fake-two-figures", "--trajectory": "tra
         ({}, ["--step", "500"], "step 500 out of range for episode 0 of"),
         ({"--out": "missing_dir/r.html"}, [], "directory 'missing_dir' does not exist"),
         ({"--out": "."}, [], "--out '.' is a directory"),
+        ({"--out": "bad.json"}, [], "--json and --out name the same file 'bad.json'"),
         ({"model": "no_model_here"}, [], "model directory 'no_model_here' does not exist"),
         ({"--trajectory": None}, [], "analyze needs inputs: give --trajectory FILE"),
         ({}, ["--rollout"], "give one input source, not --trajectory and --rollout"),
