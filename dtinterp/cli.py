@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--view-size", type=int, default=7, help="egocentric view size (odd >= 3)")
     c.add_argument("--fully-observed", action="store_true", help="observe the whole grid")
     c.add_argument("--max-steps", type=_positive_int, default=None, help="episode length override")
+    c.add_argument(
+        "--policy-param",
+        action="append",
+        metavar="KEY=JSON",
+        help='policy parameter, e.g. epsilon=0.1 or weights=\'{"expert": 0.5, "failure": 0.5}\' (repeatable)',
+    )
     c.set_defaults(command_key="collect")
 
     d = sub.add_parser("data", help="inspect datasets")

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,9 +28,18 @@ def cmd_collect(args: argparse.Namespace) -> int:
         fully_observed=args.fully_observed,
         max_steps=args.max_steps,
     )
+    params = parse_policy_params(getattr(args, "policy_param", None) or [])
     from dtinterp.data.collect import collect  # after the cheap checks: it loads the policies
 
-    ds = collect(spec, args.episodes, args.policy, seed=args.seed, workers=args.workers, progress=True)
+    ds = collect(
+        spec,
+        args.episodes,
+        args.policy,
+        seed=args.seed,
+        workers=args.workers,
+        policy_params=params,
+        progress=True,
+    )
     try:
         save_dataset(ds, out)
     except OSError as exc:
@@ -43,6 +53,23 @@ def cmd_collect(args: argparse.Namespace) -> int:
     print(f"  success rate  {ds.success_mask().mean():.1%}")
     print(f"  file size     {_human_bytes(size)} ({size / ds.n_transitions:.1f} bytes per transition)")
     return 0
+
+
+def parse_policy_params(items: list[str]) -> dict[str, Any]:
+    """``["epsilon=0.1", 'weights={"expert": 1}']`` -> ``{"epsilon": 0.1, "weights": {"expert": 1}}``.
+
+    Each value is JSON (numbers, objects); a value that is not JSON is kept as a string.
+    """
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise DatasetError(f"--policy-param {item!r}: expected KEY=VALUE (VALUE in JSON)")
+        try:
+            params[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            params[key.strip()] = text
+    return params
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
