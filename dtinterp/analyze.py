@@ -18,6 +18,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import plotly.graph_objects as go
+
 from dtinterp.data.dataset import load_dataset
 from dtinterp.errors import DtinterpError
 from dtinterp.interp.edits import parse_edit
@@ -34,6 +36,7 @@ from dtinterp.model.hooked_dt import HookedDecisionTransformer
 from dtinterp.model.inputs import DTInputs
 from dtinterp.plugins.api import Analysis, AnalysisContext, Param, PluginError
 from dtinterp.plugins.registry import Registry, get_registry
+from dtinterp.viz.report import render_report
 
 INPUT_FLAGS = "--trajectory FILE [--step T], --data FILE --episodes N, or --rollout --rtg R --seed S"
 
@@ -70,11 +73,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     figures = registry.figures(plugin.id, result)
     _check_figures(plugin, figures)
 
-    from dtinterp.viz.report import write_report  # plotly only once there is something to draw
-
     _status(f"writing {len(figures)} figure(s)")
-    write_report(
-        args.out,
+    html = render_report(
         plugin=plugin.describe(),
         params=result.params,
         model_info=describe_model(args.model_dir, model, meta),
@@ -82,10 +82,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         summary=result.summary,
         figures=figures,
     )
-    print(f"wrote {args.out}")
+    outputs = [("--out", args.out, html)]
     if args.json:
-        atomic_write_text(args.json, json.dumps(result.to_json(), allow_nan=False) + "\n")
-        print(f"wrote {args.json}")
+        try:
+            outputs.append(("--json", args.json, json.dumps(result.to_json(), allow_nan=False) + "\n"))
+        except (TypeError, ValueError) as exc:
+            raise PluginError(f"plugin {plugin.id!r}: its result is not JSON-serialisable ({exc})") from None
+    for flag, path, text in outputs:  # everything is rendered before the first byte is written
+        try:
+            atomic_write_text(path, text)
+        except OSError as exc:
+            raise DtinterpError(f"cannot write {flag} {path!r}: {exc.strerror or exc}") from None
+        print(f"wrote {path}")
     if result.summary:
         print(result.summary)
     return 0
@@ -228,8 +236,6 @@ def describe_model(model_dir: str, model: HookedDecisionTransformer, meta: dict[
 
 
 def _check_figures(plugin: Analysis, figures: Any) -> None:
-    import plotly.graph_objects as go
-
     if not isinstance(figures, list) or not all(isinstance(f, go.Figure) for f in figures):
         kinds = (
             sorted({type(f).__name__ for f in figures})
