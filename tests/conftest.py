@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import os
 
-from dtinterp.data.dataset import TrajectoryDataset, make_metadata
-from envs.encoding import compact_obs
-from envs.spec import EnvSpec, make_env
+# Tiny models run fastest on one thread, and the suite shares 2 cores with its subprocesses.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+from dtinterp.data.dataset import TrajectoryDataset, make_metadata  # noqa: E402
+from envs.encoding import compact_obs  # noqa: E402
+from envs.spec import EnvSpec, make_env  # noqa: E402
 
 
 def random_rollouts(spec: EnvSpec, episodes: int, seed: int = 0) -> TrajectoryDataset:
