@@ -8,6 +8,11 @@ TORCH_PIN := torch==2.13.0
 
 .PHONY: install test lint format models clean
 
+# `make models` rebuilds every shipped agent (collect -> train -> evaluate -> calibrate -> card);
+# `make models MODELS=memory-s7 DEVICE=cuda` rebuilds one, on a GPU.
+MODELS ?=
+DEVICE ?= cpu
+
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
@@ -30,6 +35,9 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+models: $(STAMP)
+	$(PY) -m dtinterp.train.reproduce $(MODELS) --device $(DEVICE)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

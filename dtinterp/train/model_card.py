@@ -95,11 +95,61 @@ def render_model_card(config: dict[str, Any]) -> str:
 
     lines += ["## Results", ""]
     results = config.get("results")
-    if results:
+    if isinstance(results, dict) and "evaluation" in results:
+        lines += _structured_results(results)
+    elif results:
         lines += _results_lines(results)
     else:
         lines.append("Not evaluated yet: run `dtinterp evaluate <this folder> --rtg <target>`.")
+    repro = config.get("reproduction")
+    if repro:
+        lines += [
+            "",
+            "## Reproduce",
+            "",
+            f"`{repro['command']}` runs these commands (timed on {repro['host']}, "
+            f"device `{repro['device']}`; {_duration(repro['total_seconds'])} in total):",
+            "",
+        ]
+        lines += ["| step | wall time | command |", "| --- | --- | --- |"]
+        lines += [f"| {s['step']} | {_duration(s['seconds'])} | `{s['command']}` |" for s in repro["steps"]]
     return "\n".join(lines) + "\n"
+
+
+def _structured_results(results: dict[str, Any]) -> list[str]:
+    """Headline, evaluation table with CIs, calibration figure and episode GIF of a shipped agent."""
+    h = results["headline"]
+    proto = results.get("evaluation_protocol", {})
+    out = [
+        f"**Headline:** at target return {h['target_rtg']:g}, success {h['success_rate']:.1%} "
+        f"(95% CI {h['success_ci'][0]:.1%}-{h['success_ci'][1]:.1%}), mean return {h['mean_return']:.3f} "
+        f"(95% CI {h['return_ci'][0]:.3f}-{h['return_ci'][1]:.3f}) over {h['episodes']} seeded episodes.",
+        "",
+        f"Greedy actions, env seeds {proto.get('seed', '?')}..{proto.get('seed', 0) + proto.get('episodes', 0) - 1}, "
+        "the same seeds at every target:",
+        "",
+        "| target return | mean return | 95% CI | success | 95% CI | mean length |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results["evaluation"]:
+        out.append(
+            f"| {r['target_rtg']:g} | {r['mean_return']:.3f} | {r['return_ci'][0]:.3f} - {r['return_ci'][1]:.3f} "
+            f"| {r['success_rate']:.1%} | {r['success_ci'][0]:.1%} - {r['success_ci'][1]:.1%} | {r['mean_length']:.1f} |"
+        )
+    cal = results.get("calibration")
+    if cal:
+        out += [
+            "",
+            f"### Calibration ({cal.get('points', '?')} targets from {cal.get('min', '?')} to {cal.get('max', '?')}, "
+            f"{cal.get('episodes', '?')} episodes each)",
+            "",
+            f"![achieved vs target return]({cal['figure']})",
+            "",
+            f"Numbers: [`{cal['file']}`]({cal['file']}).",
+        ]
+    if results.get("episode_gif"):
+        out += ["", "### An episode at the headline target", "", f"![episode]({results['episode_gif']})"]
+    return out
 
 
 def _results_lines(results: Any) -> list[str]:
