@@ -46,7 +46,7 @@ import dtinterp
 from dtinterp.data.dataset import N_ACTIONS, TrajectoryDataset
 from dtinterp.data.windows import WindowSampler
 from dtinterp.errors import CheckpointError, ConfigError
-from dtinterp.model import HookedDecisionTransformer
+from dtinterp.model import DTInputs, HookedDecisionTransformer
 from dtinterp.model.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -150,6 +150,25 @@ def loss_and_correct(logits: Tensor, actions: Tensor, pad_mask: Tensor) -> tuple
     return loss, correct, pad_mask.sum()
 
 
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batch: DTInputs, lr: float, grad_clip: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One optimizer step on ``batch`` at learning rate ``lr``; returns (loss, correct, n_real) on device.
+
+    Nothing here waits for the device (no ``.item()``), so GPU steps queue back to back.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    logits = model(batch)  # [B, K, A]
+    loss, correct, n_real = loss_and_correct(logits, batch.actions, batch.pad_mask)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach(), correct, n_real
+
+
 def env_max_steps(spec: EnvSpec) -> int:
     """Episode step limit of ``spec`` (its override, else the env's default): the model's max_timestep."""
     if spec.max_steps is not None:
@@ -231,18 +250,10 @@ def train(
     try:
         while step < cfg.steps:
             lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             batch = sampler.sample(cfg.batch_size, batch_rng(cfg.seed, step)).to(device)
-            logits = model(batch)  # [B, K, A]
-            loss, correct, n_real = loss_and_correct(logits, batch.actions, batch.pad_mask)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            loss, correct, n_real = train_step(model, optimizer, batch, lr, cfg.grad_clip)
             step += 1
-            loss_sum += loss.detach()
+            loss_sum += loss
             correct_sum += correct
             real_sum += n_real
             bar.update(1)

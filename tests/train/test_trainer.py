@@ -281,3 +281,24 @@ def test_model_card_shows_results_when_present():
     results = [{"target_rtg": 0.9, "mean_return": 0.75, "success_rate": 0.875}]
     card = render_model_card({**config, "results": results})
     assert "| target_rtg | mean_return | success_rate |" in card and "| 0.9 | 0.75 | 0.875 |" in card
+
+
+def test_periodic_evaluation_is_logged_and_leaves_training_unchanged(tmp_path, data):
+    cfg = tiny_config(steps=4, log_every=2)
+    plain = train(cfg, data, tmp_path / "plain", progress=False)
+    evald = train(
+        cfg.replace(eval_every=2, eval_episodes=2, eval_rtg=[1.0, 0.5]),
+        data,
+        tmp_path / "eval",
+        progress=False,
+    )
+    assert plain.step == evald.step == 4
+    assert weights_equal(load_checkpoint(tmp_path / "plain")[0], load_checkpoint(tmp_path / "eval")[0])
+    rows = [json.loads(line) for line in (tmp_path / "eval" / METRICS_FILE).read_text().splitlines()]
+    evals = [r for r in rows if "eval" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    for r in evals:
+        assert set(r["eval"]) == {"1", "0.5"}
+        for res in r["eval"].values():
+            assert 0.0 <= res["success_rate"] <= 1.0 and 0.0 <= res["mean_return"] <= 1.0
+            assert 1 <= res["mean_length"] <= 100  # Empty-5x5 stops episodes at 100 steps
