@@ -37,7 +37,7 @@ def _run_config(args: argparse.Namespace, out: Path) -> TrainConfig:
         }.items()
         if v is not None
     }
-    return cfg.replace(**overrides) if overrides else cfg
+    return cfg.replace(source="command-line override", **overrides) if overrides else cfg
 
 
 def _check_out_dir(out: Path, resume: bool) -> None:

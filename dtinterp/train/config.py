@@ -149,9 +149,9 @@ class TrainConfig:
             raise ConfigError(f"{source}: model: {exc}") from None
         return cfg
 
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed, validated like a loaded file."""
-        return TrainConfig.from_dict({**self.to_dict(), **changes}, source="config")
+    def replace(self, source: str = "config", **changes: Any) -> TrainConfig:
+        """A copy with some fields changed, validated like a loaded file (errors start with ``source``)."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes}, source=source)
 
 
 def load_train_config(path: str | os.PathLike) -> TrainConfig:

@@ -101,7 +101,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, tmp_path, capsys
         "out not empty": (["--data", data, "--out", str(taken)], "not empty"),
         "unknown key": (["--data", data, "--out", str(out), "--config", str(bad_cfg)], "'learning_rate'"),
         "resume nothing": (["--data", data, "--out", str(out), "--resume"], "no training run to resume"),
-        "bad override": (["--data", data, "--out", str(out), "--device", "gpu"], "'device' must be"),
+        "bad override": (
+            ["--data", data, "--out", str(out), "--device", "gpu"],
+            "override: 'device' must be",
+        ),
     }[case]
     assert main(["train", *args]) == 2
     err = capsys.readouterr().err
@@ -109,3 +112,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, tmp_path, capsys
     assert len(lines) == 1 and lines[0].startswith("dtinterp: error:") and expect in lines[0], err
     assert not out.exists()
     assert sorted(p.name for p in taken.iterdir()) == ["notes.txt"]
+
+
+def test_unavailable_device_is_refused_before_writing(files, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is available here")
+    out = tmp_path / "out"
+    assert main(["train", "--data", str(files / "tiny.npz"), "--out", str(out), "--device", "cuda"]) == 2
+    assert "device 'cuda' is not available" in capsys.readouterr().err
+    assert not out.exists()
