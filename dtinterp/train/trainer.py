@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import dtinterp
-from dtinterp.data.dataset import N_ACTIONS, TrajectoryDataset
+from dtinterp.data.dataset import TrajectoryDataset
 from dtinterp.data.windows import WindowSampler
 from dtinterp.errors import CheckpointError, ConfigError
 from dtinterp.model import DTInputs, HookedDecisionTransformer
@@ -169,13 +169,15 @@ def train_step(
     return loss.detach(), correct, n_real
 
 
-def env_max_steps(spec: EnvSpec) -> int:
-    """Episode step limit of ``spec`` (its override, else the env's default): the model's max_timestep."""
-    if spec.max_steps is not None:
-        return spec.max_steps
+def env_limits(spec: EnvSpec) -> tuple[int, int]:
+    """(episode step limit, number of actions) of ``spec``: the model's max_timestep and n_actions.
+
+    Envs with fewer actions than MiniGrid's 7 (Dynamic-Obstacles has 3) get a smaller unembedding.
+    """
     env = make_env(spec)
     try:
-        return int(env.unwrapped.max_steps)
+        max_steps = spec.max_steps if spec.max_steps is not None else int(env.unwrapped.max_steps)
+        return max_steps, int(env.action_space.n)
     finally:
         env.close()
 
@@ -202,7 +204,12 @@ def train(
     out_dir = Path(out_dir)
     spec = data.env_spec
     W, H = data.obs.shape[1:3]
-    model_cfg = cfg.model_config(obs_shape=(W, H), n_actions=N_ACTIONS, max_timestep=env_max_steps(spec))
+    max_steps, n_actions = env_limits(spec)
+    if data.n_transitions and int(data.actions.max()) >= n_actions:
+        raise ConfigError(
+            f"dataset has action {int(data.actions.max())} but {spec.env_id} has {n_actions} actions"
+        )
+    model_cfg = cfg.model_config(obs_shape=(W, H), n_actions=n_actions, max_timestep=max_steps)
     if not resume and any((out_dir / f).exists() for f in RUN_FILES):
         raise ConfigError(f"{out_dir} already holds a training run (pass --resume to continue it)")
 
@@ -230,7 +237,7 @@ def train(
         "run": {**meta.get("run", {}), "n_params": n_params, "device": str(device), "data_path": data_path},
     }
     sampler = WindowSampler(
-        data, cfg.context_len, cfg.rtg_scale, N_ACTIONS, model_cfg.max_timestep, cfg.p_episode_end
+        data, cfg.context_len, cfg.rtg_scale, n_actions, model_cfg.max_timestep, cfg.p_episode_end
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = _MetricsLog(out_dir / METRICS_FILE, keep_upto=start)
