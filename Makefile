@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install test lint format models clean
+.PHONY: install test lint format models app clean
 
 # `make models` rebuilds every shipped agent (collect -> train -> evaluate -> calibrate -> card);
 # `make models MODELS=memory-s7 DEVICE=cuda` rebuilds one, on a GPU.
@@ -20,7 +20,7 @@ $(PY):
 $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,app,test-app]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,6 +35,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# The web app on http://127.0.0.1:8050 with a shipped agent loaded.
+app: $(STAMP)
+	$(VENV)/bin/dtinterp app
 
 models: $(STAMP)
 	$(PY) -m dtinterp.train.reproduce $(MODELS) --device $(DEVICE)
