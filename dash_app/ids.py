@@ -1,0 +1,127 @@
+"""Every component id of the app, defined once and imported by the modules that use them.
+
+Ids are grouped by the part of the page they belong to. A module reads or writes another module's
+component only through the constants here, so renaming an id is a one-line change. Pattern-matching
+ids are dicts whose ``"type"`` is one of the ``*_TYPE`` constants below.
+
+Shared stores (every tab may read them):
+
+- ``SESSION_STORE``: a uuid per browser tab, the key of every server-side per-user cache entry.
+- ``MODEL_STORE``: the key of the model the page works with (a shipped name or a checkpoint path).
+- ``TRAJ_STORE``: the current trajectory as JSON (see ``dash_app.state``), written by Play and Replay.
+- ``STEP_STORE``: the step of the current trajectory that Replay and Analyses look at (int).
+- ``EDITS_STORE``: the Replay tab's token edits as a list of edit strings (``dtinterp.interp.edits``).
+"""
+
+from __future__ import annotations
+
+from envs.encoding import ACTION_NAMES
+
+# ------------------------------------------------------------------ shared stores and page frame
+SESSION_STORE = "session-store"
+MODEL_STORE = "model-store"
+TRAJ_STORE = "traj-store"
+STEP_STORE = "step-store"
+EDITS_STORE = "edits-store"
+
+#: Global message area for errors and notices (any callback may write it, with allow_duplicate).
+MESSAGE = "message"
+TABS = "tabs"
+#: ``value`` of each tab in ``TABS``.
+TAB_PLAY = "tab-play"
+TAB_HISTORY = "tab-history"
+TAB_REPLAY = "tab-replay"
+TAB_ANALYSES = "tab-analyses"
+
+# ------------------------------------------------------------------ top bar: model chooser and info
+MODEL_DROPDOWN = "model-dropdown"
+MODEL_PATH_INPUT = "model-path-input"
+MODEL_LOAD_BUTTON = "model-load-button"
+MODEL_INFO = "model-info"
+MODEL_CARD = "model-card"
+
+# ------------------------------------------------------------------ Play tab
+PLAY_WORLD_IMG = "play-world-img"
+PLAY_POV_IMG = "play-pov-img"
+PLAY_TARGET_RTG = "play-target-rtg"
+PLAY_SEED = "play-seed"
+PLAY_RESET = "play-reset"
+PLAY_DT_STEP = "play-dt-step"
+PLAY_DT_RUN = "play-dt-run"
+PLAY_PROBS_GRAPH = "play-probs-graph"
+PLAY_STATUS = "play-status"
+PLAY_BANNER = "play-banner"
+PLAY_MESSAGE = "play-message"
+PLAY_ACTIONS_ROW = "play-actions-row"
+
+
+def play_action_button(action: int | str) -> str:
+    """Id of the Play tab's button for an action (by id or name), e.g. ``"play-action-forward"``.
+
+    The keyboard script (``assets/keyboard.js``) clicks these buttons by id.
+    """
+    name = ACTION_NAMES[action] if isinstance(action, int) else action
+    if name not in ACTION_NAMES:
+        raise ValueError(f"unknown action {action!r}; expected one of {ACTION_NAMES}")
+    return f"play-action-{name}"
+
+
+#: The action buttons' ids in action-id order (one per MiniGrid action; the env's own are shown).
+PLAY_ACTION_BUTTONS: tuple[str, ...] = tuple(play_action_button(i) for i in range(len(ACTION_NAMES)))
+
+# ------------------------------------------------------------------ History tab
+HISTORY_SLIDER = "history-slider"
+HISTORY_WORLD_IMG = "history-world-img"
+HISTORY_POV_IMG = "history-pov-img"
+HISTORY_NOTE = "history-note"
+HISTORY_STEP_INFO = "history-step-info"
+HISTORY_TOKENS = "history-tokens"
+
+# ------------------------------------------------------------------ Replay & interventions tab
+REPLAY_UPLOAD = "replay-upload"
+REPLAY_DATASET_PATH = "replay-dataset-path"
+REPLAY_EPISODE = "replay-episode"
+REPLAY_LOAD_DATASET = "replay-load-dataset"
+REPLAY_USE_PLAYED = "replay-use-played"
+REPLAY_SOURCE_INFO = "replay-source-info"
+REPLAY_STEP_SLIDER = "replay-step-slider"
+REPLAY_POV_IMG = "replay-pov-img"
+REPLAY_TOKENS = "replay-tokens"
+REPLAY_EDITS_TEXT = "replay-edits-text"
+REPLAY_EDIT_APPLY = "replay-edit-apply"
+REPLAY_EDIT_CLEAR = "replay-edit-clear"
+REPLAY_HELPER_TOKEN = "replay-helper-token"
+REPLAY_HELPER_RTG = "replay-helper-rtg"
+REPLAY_HELPER_ACTION = "replay-helper-action"
+REPLAY_HELPER_X = "replay-helper-x"
+REPLAY_HELPER_Y = "replay-helper-y"
+REPLAY_HELPER_OBJECT = "replay-helper-object"
+REPLAY_HELPER_COLOR = "replay-helper-color"
+REPLAY_HELPER_ADD = "replay-helper-add"
+REPLAY_PROBS_BEFORE = "replay-probs-before"
+REPLAY_PROBS_AFTER = "replay-probs-after"
+REPLAY_SAVE_BUTTON = "replay-save-button"
+REPLAY_DOWNLOAD = "replay-download"
+REPLAY_MESSAGE = "replay-message"
+
+# ------------------------------------------------------------------ Analyses tab
+ANALYSES_CATEGORY = "analyses-category"
+ANALYSIS_SELECT = "analysis-select"
+ANALYSIS_DESCRIPTION = "analysis-description"
+ANALYSIS_PARAMS = "analysis-params"
+#: Pattern-matching type of a plugin parameter control: ``{"type": ANALYSIS_PARAM_TYPE, "plugin": id,
+#: "name": param_name}``.
+ANALYSIS_PARAM_TYPE = "analysis-param"
+ANALYSIS_USE_EDITS = "analysis-use-edits"
+ANALYSIS_RUN = "analysis-run"
+ANALYSIS_CANCEL = "analysis-cancel"
+ANALYSIS_PROGRESS = "analysis-progress"
+ANALYSIS_STATUS = "analysis-status"
+ANALYSIS_SUMMARY = "analysis-summary"
+ANALYSIS_FIGURES = "analysis-figures"
+ANALYSIS_RESULT_STORE = "analysis-result-store"
+ANALYSIS_DOWNLOAD_HTML_BUTTON = "analysis-download-html-button"
+ANALYSIS_DOWNLOAD_JSON_BUTTON = "analysis-download-json-button"
+ANALYSIS_DOWNLOAD = "analysis-download"
+ANALYSIS_BROKEN = "analysis-broken"
+ANALYSIS_MESSAGE = "analysis-message"
