@@ -36,6 +36,9 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()  # [B, P, d]
 
     def forward(self, x: Float[Tensor, "B P d"]) -> Float[Tensor, "B P d"]:
+        if not _has_hooks(self.hook_scale, self.hook_normalized):  # same function, one fused kernel
+            w, b = (self.w, self.b) if self.affine else (None, None)
+            return F.layer_norm(x, x.shape[-1:], w, b, self.eps)
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         x = self.hook_normalized(x / scale)

@@ -19,8 +19,8 @@ from envs.encoding import AGENT_IDX, N_CHANNELS, N_COLORS, N_DIRECTIONS, N_OBJEC
 class GridStateEmbedding(nn.Module):
     """Sum of learned (x, y, feature) vectors of the one-hot observation, plus a direction vector.
 
-    Equivalent to ``one_hot(obs).flatten() @ W_state.flatten(0, 2) + W_dir[direction] + b_state`` but
-    computed as a bag of 3 lookups per cell (no one-hot tensor is materialized).
+    Computed literally as ``one_hot(obs).flatten() @ W_state.flatten(0, 2) + W_dir[direction] + b_state``:
+    one dense GEMM forward and backward, faster than an embedding bag on CPU and GPU.
     """
 
     def __init__(self, cfg: DTConfig):
@@ -29,27 +29,15 @@ class GridStateEmbedding(nn.Module):
         self.W_state = nn.Parameter(torch.empty(W, H, N_CHANNELS, cfg.d_model))
         self.W_dir = nn.Parameter(torch.empty(N_DIRECTIONS, cfg.d_model))
         self.b_state = nn.Parameter(torch.zeros(cfg.d_model))
-        cell = torch.arange(W * H).view(W, H) * N_CHANNELS
-        self.register_buffer("cell_offset", cell, persistent=False)  # [W, H]
 
     def forward(
         self, obs: Int[Tensor, "B K W H 3"], directions: Int[Tensor, "B K"]
     ) -> Float[Tensor, "B K d"]:
         B, K, W, H, _ = obs.shape
-        obs = obs.long()
-        obj, col, st = obs[..., 0], obs[..., 1], obs[..., 2]
-        base = self.cell_offset  # [W, H]
-        idx = torch.stack(
-            [base + obj, base + N_OBJECTS + col, base + N_OBJECTS + N_COLORS + st.clamp(max=N_STATES - 1)], -1
-        )  # [B, K, W, H, 3]
-        # The agent cell of a fully observed grid stores its direction in the state field: no state feature.
-        weight = torch.ones(idx.shape, dtype=self.W_state.dtype, device=obs.device)
-        weight[..., 2] = ((obj != AGENT_IDX) & (st < N_STATES)).to(weight.dtype)
-        table = self.W_state.reshape(W * H * N_CHANNELS, -1)
-        emb = F.embedding_bag(
-            idx.reshape(B * K, -1), table, mode="sum", per_sample_weights=weight.reshape(B * K, -1)
-        ).view(B, K, -1)
-        return emb + self.W_dir[directions.long()] + self.b_state
+        table = self.W_state.reshape(W * H * N_CHANNELS, -1)  # [W*H*20, d]
+        onehot = one_hot_torch(obs).to(table.dtype).reshape(B * K, -1)  # [B*K, W*H*20], cells in (x, y) order
+        emb = (onehot @ table).view(B, K, -1)  # one GEMM forward and backward
+        return emb + F.embedding(directions.long(), self.W_dir) + self.b_state
 
 
 class CNNStateEmbedding(nn.Module):
@@ -73,7 +61,7 @@ class CNNStateEmbedding(nn.Module):
         B, K, W, H, _ = obs.shape
         x = one_hot_torch(obs).reshape(B * K, W, H, N_CHANNELS).permute(0, 3, 1, 2)
         x = self.conv(x).reshape(B * K, -1)
-        return self.proj(x).view(B, K, -1) + self.W_dir[directions.long()]
+        return self.proj(x).view(B, K, -1) + F.embedding(directions.long(), self.W_dir)
 
 
 def one_hot_torch(obs: Int[Tensor, "... 3"]) -> Float[Tensor, "... 20"]:
