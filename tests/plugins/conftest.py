@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dtinterp.model import DTConfig, DTInputs, HookedDecisionTransformer
+from dtinterp.plugins.registry import load_registry
 from envs import EnvSpec, compact_obs, make_env
 
 ENV_ID = "MiniGrid-DoorKey-5x5-v0"
@@ -70,3 +71,9 @@ def one_window() -> DTInputs:
 def many_windows() -> DTInputs:
     """A batch of 6 windows, the first left-padded by one timestep."""
     return _windows(6, 4, seed=10, n_pad=1)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    """Built-in analyses only (installed third-party plugins do not change these tests)."""
+    return load_registry(include_entry_points=False)

@@ -11,14 +11,8 @@ import torch
 from dtinterp.interp.attention import action_shift, attention_pattern, value_norms
 from dtinterp.interp.edits import parse_edit
 from dtinterp.plugins.api import AnalysisContext, ParameterError, PluginError
-from dtinterp.plugins.registry import load_registry
 
 PLUGIN = "counterfactual-attention"
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return load_registry(include_entry_points=False)
 
 
 def run(registry, model, inputs, meta, edits, **params):

@@ -10,20 +10,7 @@ import torch
 
 from dtinterp.interp.kurtosis import kurtosis, random_rotation, summarize
 from dtinterp.plugins.api import AnalysisContext
-from dtinterp.plugins.registry import load_registry
-
-
-def assert_labelled(figs: list) -> None:
-    assert figs, "an analysis must return at least one figure"
-    for fig in figs:
-        assert fig.layout.title.text
-        assert any(ax.title.text for ax in fig.select_xaxes())
-        assert all(ax.title.text for ax in fig.select_yaxes())
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return load_registry(include_entry_points=False)
+from tests.plugins.helpers import assert_labelled
 
 
 def sparse_activations(n: int, d: int, p: float, seed: int) -> torch.Tensor:

@@ -13,20 +13,7 @@ from transformer_lens import ActivationCache
 from dtinterp.interp.norms import component_effects, head_results
 from dtinterp.model import DTConfig, HookedDecisionTransformer
 from dtinterp.plugins.api import AnalysisContext
-from dtinterp.plugins.registry import load_registry
-
-
-def assert_labelled(figs: list) -> None:
-    assert figs, "an analysis must return at least one figure"
-    for fig in figs:
-        assert fig.layout.title.text
-        assert any(ax.title.text for ax in fig.select_xaxes())
-        assert all(ax.title.text for ax in fig.select_yaxes())
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return load_registry(include_entry_points=False)
+from tests.plugins.helpers import assert_labelled
 
 
 def run(registry, model, inputs, meta, **params):

@@ -10,21 +10,8 @@ import torch
 
 from dtinterp.interp.embeddings import cluster_order, cosine_matrix
 from dtinterp.plugins.api import AnalysisContext, AnalysisResult, ParameterError
-from dtinterp.plugins.registry import load_registry
 from envs.encoding import ACTION_NAMES
-
-
-def assert_labelled(figs: list) -> None:
-    assert figs, "an analysis must return at least one figure"
-    for fig in figs:
-        assert fig.layout.title.text
-        assert any(ax.title.text for ax in fig.select_xaxes())
-        assert all(ax.title.text for ax in fig.select_yaxes())
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return load_registry(include_entry_points=False)
+from tests.plugins.helpers import assert_labelled
 
 
 def test_registered_and_runs_through_registry(registry, tiny_model, tiny_meta, one_window):
