@@ -32,6 +32,12 @@ TAB_PLAY = "tab-play"
 TAB_HISTORY = "tab-history"
 TAB_REPLAY = "tab-replay"
 TAB_ANALYSES = "tab-analyses"
+#: The content panel of each tab; all stay in the page (hidden when not selected) so every callback's
+#: components always exist.
+PANEL_PLAY = "panel-play"
+PANEL_HISTORY = "panel-history"
+PANEL_REPLAY = "panel-replay"
+PANEL_ANALYSES = "panel-analyses"
 
 # ------------------------------------------------------------------ top bar: model chooser and info
 MODEL_DROPDOWN = "model-dropdown"
@@ -97,12 +103,24 @@ REPLAY_HELPER_X = "replay-helper-x"
 REPLAY_HELPER_Y = "replay-helper-y"
 REPLAY_HELPER_OBJECT = "replay-helper-object"
 REPLAY_HELPER_COLOR = "replay-helper-color"
+#: Pattern-matching type of the helper rows' add buttons: ``{"type": REPLAY_HELPER_ADD, "kind": k}``
+#: with ``k`` one of ``rtg``, ``action``, ``cell``, ``direction``.
 REPLAY_HELPER_ADD = "replay-helper-add"
 REPLAY_PROBS_BEFORE = "replay-probs-before"
 REPLAY_PROBS_AFTER = "replay-probs-after"
 REPLAY_SAVE_BUTTON = "replay-save-button"
 REPLAY_DOWNLOAD = "replay-download"
 REPLAY_MESSAGE = "replay-message"
+#: The grouped before/after bar chart of the predicted action (Replay tab).
+REPLAY_PROBS_GRAPH = "replay-probs-graph"
+#: The list of edits applied to the window (Replay tab).
+REPLAY_EDITS_LIST = "replay-edits-list"
+#: The agent's view of the window's last state with the edits applied (cell/direction edits).
+REPLAY_POV_EDITED_IMG = "replay-pov-edited-img"
+REPLAY_HELPER_STATE = "replay-helper-state"
+REPLAY_HELPER_DIRECTION = "replay-helper-direction"
+#: The last played trajectory, kept while a file or dataset episode replaces it (``REPLAY_USE_PLAYED``).
+REPLAY_PLAYED_STORE = "replay-played-store"
 
 # ------------------------------------------------------------------ Analyses tab
 ANALYSES_CATEGORY = "analyses-category"
@@ -125,3 +143,9 @@ ANALYSIS_DOWNLOAD_JSON_BUTTON = "analysis-download-json-button"
 ANALYSIS_DOWNLOAD = "analysis-download"
 ANALYSIS_BROKEN = "analysis-broken"
 ANALYSIS_MESSAGE = "analysis-message"
+#: Which windows an analysis runs on: the selected step, or every step of the episode.
+ANALYSIS_WINDOWS = "analysis-windows"
+#: What the run will use (model, step, edits), shown beside the Run button.
+ANALYSIS_TARGET_INFO = "analysis-target-info"
+#: Pattern-matching type of each result figure: ``{"type": ANALYSIS_FIGURE_TYPE, "index": i}``.
+ANALYSIS_FIGURE_TYPE = "analysis-figure"

@@ -47,7 +47,7 @@ import torch
 
 from dtinterp.data.dataset import N_ACTIONS, TrajectoryDataset, make_metadata
 from dtinterp.data.windows import window_at
-from dtinterp.errors import CheckpointError
+from dtinterp.errors import CheckpointError, DtinterpError
 from dtinterp.interp.edits import Edit
 from dtinterp.interp.trajectory import (
     ROLLOUT_POLICY,
@@ -77,6 +77,10 @@ DEFAULT_MODEL = "memory-s7"
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+
+class InputError(DtinterpError):
+    """A bad value typed or uploaded into the app; its message is shown on the page."""
 
 
 def new_session_id() -> str:
@@ -115,6 +119,9 @@ class LRU(Generic[K, V]):
     def put(self, key: K, value: V) -> None:
         evicted = []
         with self._lock:
+            old = self._data.get(key)
+            if old is not None and old is not value:
+                evicted.append((key, old))
             self._data[key] = value
             self._data.move_to_end(key)
             while len(self._data) > self.maxsize:
@@ -683,6 +690,7 @@ __all__ = [
     "MODELS",
     "ContextCache",
     "EnvCache",
+    "InputError",
     "LRU",
     "ModelCache",
     "ModelEntry",
