@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,11 @@ def _random_model(**kw) -> HookedDecisionTransformer:
             if p.dim() == 1:
                 p.add_(0.05 * torch.randn_like(p))
     return model
+
+
+@functools.cache
+def _cached_windows(batch: int, K: int, seed: int, n_pad: int) -> DTInputs:
+    return _windows(batch, K, seed, n_pad)
 
 
 def _windows(batch: int, K: int, seed: int = 0, n_pad: int = 1) -> DTInputs:
@@ -64,13 +71,13 @@ def tiny_meta() -> dict:
 @pytest.fixture
 def one_window() -> DTInputs:
     """A single trajectory window (batch 1, no padding)."""
-    return _windows(1, 4, seed=3, n_pad=0)
+    return _cached_windows(1, 4, 3, 0).clone()
 
 
 @pytest.fixture
 def many_windows() -> DTInputs:
     """A batch of 6 windows, the first left-padded by one timestep."""
-    return _windows(6, 4, seed=10, n_pad=1)
+    return _cached_windows(6, 4, 10, 1).clone()
 
 
 @pytest.fixture(scope="module")
