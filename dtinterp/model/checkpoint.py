@@ -12,14 +12,16 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dtinterp.errors import CheckpointError, ConfigError
 from dtinterp.model.config import DTConfig
-from dtinterp.model.hooked_dt import HookedDecisionTransformer
+
+if TYPE_CHECKING:
+    from dtinterp.model.hooked_dt import HookedDecisionTransformer
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -120,6 +122,8 @@ def load_checkpoint(
     Every problem (missing file, bad JSON, unknown config key or version, weights that do not match the
     config in names or shapes, a corrupted weights file) is a :class:`CheckpointError` naming the path.
     """
+    from dtinterp.model.hooked_dt import HookedDecisionTransformer
+
     directory = Path(directory)
     config = read_checkpoint_config(directory)
     cfg = DTConfig.from_dict(config["model"])
