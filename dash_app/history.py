@@ -64,7 +64,7 @@ def history_view(session: str, model: str, traj: dict[str, Any] | None, step: in
             view["world"] = world_image(session, traj, step)
         taken = step < len(traj["actions"])
         view["info"] = [
-            ("step", f"{step} of {len(traj['actions'])} taken"),
+            ("step", f"{step} ({len(traj['actions'])} actions taken)"),
             ("action", ACTION_NAMES[traj["actions"][step]] if taken else "— (current state: no action yet)"),
             ("reward", f"{traj['rewards'][step]:.3f}" if taken else "—"),
             ("return-to-go (model input)", f"{traj_rtg(traj, step):.3f}"),

@@ -11,6 +11,11 @@ Shared stores (every tab may read them):
 - ``TRAJ_STORE``: the current trajectory as JSON (see ``dash_app.state``), written by Play and Replay.
 - ``STEP_STORE``: the step of the current trajectory that Replay and Analyses look at (int).
 - ``EDITS_STORE``: the Replay tab's token edits as a list of edit strings (``dtinterp.interp.edits``).
+
+Several callbacks write ``TRAJ_STORE.data`` and ``MESSAGE.children``. The primary writers are the Play
+tab's event callback (``TRAJ_STORE``; it also runs on page load to start an episode) and the top bar's
+model chooser (``MESSAGE``); every other writer declares ``Output(..., allow_duplicate=True)`` with
+``prevent_initial_call=True``.
 """
 
 from __future__ import annotations
