@@ -114,6 +114,15 @@ def layout() -> html.Div:
                 className="frames-row",
             ),
             html.H4("Context window at this step (what the model reads)"),
+            html.P(
+                [
+                    html.Span("return-to-go", className="token token-return"),
+                    html.Span("state", className="token token-state"),
+                    html.Span("action", className="token token-action"),
+                    html.Span("pad (left padding, ignored)", className="token token-pad"),
+                ],
+                className="tokens legend",
+            ),
             html.Div(id=ids.HISTORY_TOKENS, className="tokens"),
         ]
     )

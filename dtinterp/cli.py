@@ -21,6 +21,7 @@ _COMMANDS = {
     "calibrate": "dtinterp.train.calibrate:cmd_calibrate",
     "models": "dtinterp.model.shipped:cmd_models",
     "analyze": "dtinterp.analyze:cmd_analyze",
+    "app": "dash_app.server:cmd_app",
 }
 
 
@@ -134,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
     a.add_argument("--device", default="cpu")
     a.set_defaults(command_key="analyze")
+
+    w = sub.add_parser("app", help="serve the web app (play, history, replay & interventions, analyses)")
+    w.add_argument(
+        "--model", default=None, help="shipped model name or checkpoint directory (default memory-s7)"
+    )
+    w.add_argument("--port", type=int, default=8050)
+    w.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    w.set_defaults(command_key="app")
     return p
 
 

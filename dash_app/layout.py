@@ -1,0 +1,164 @@
+"""The page: shared stores, the top bar (model chooser, model info, messages) and the four tabs.
+
+``layout(default_model)`` is called on every page load, so each browser tab gets its own session id.
+All four tab panels stay in the page and the selected one is shown (a clientside callback), so every
+callback's components always exist whichever tab is open.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
+
+from dash_app import analyses, history, ids, play, replay
+from dash_app.state import model_entry, new_session_id, shipped_names
+from dtinterp.errors import DtinterpError
+from envs.errors import EnvSpecError
+
+#: (tab value, panel id, label, module) in page order.
+TABS = (
+    (ids.TAB_PLAY, ids.PANEL_PLAY, "Play", play),
+    (ids.TAB_HISTORY, ids.PANEL_HISTORY, "History", history),
+    (ids.TAB_REPLAY, ids.PANEL_REPLAY, "Replay & interventions", replay),
+    (ids.TAB_ANALYSES, ids.PANEL_ANALYSES, "Analyses", analyses),
+)
+
+
+def model_info(key: str) -> tuple[list[Any], str]:
+    """``(info children, model card markdown)`` of a loaded model."""
+    e = model_entry(key)
+    info = [html.B(key), html.Span(f" · {e.summary()}")]
+    return info, e.card() or "*This checkpoint has no model card (model_card.md).*"
+
+
+def choose_model(event: str | None, dropdown: str | None, path: str | None, current: str) -> dict[str, Any]:
+    """What picking a model in the top bar does: ``{"key", "info", "card", "message", "dropdown", "path"}``.
+
+    The dropdown loads a shipped model, the Load button a checkpoint path (or a shipped name). The chooser
+    then shows the loaded model: its name in the dropdown, or its path in the text field. A model that
+    cannot be loaded leaves the current one in place and says why in the message.
+    """
+    wanted = path if event == ids.MODEL_LOAD_BUTTON else dropdown
+    try:
+        if not wanted or not str(wanted).strip():
+            raise DtinterpError("type a checkpoint directory before pressing Load")
+        key = model_entry(str(wanted)).key
+        info, card = model_info(key)
+        shipped = key in shipped_names()
+        return {
+            "key": key,
+            "info": info,
+            "card": card,
+            "message": "",
+            "dropdown": key if shipped else None,
+            "path": "" if shipped else key,
+        }
+    except (DtinterpError, EnvSpecError) as exc:
+        return {
+            "key": current,
+            "info": no_update,
+            "card": no_update,
+            "message": f"Model not loaded: {exc}",
+            "dropdown": no_update,
+            "path": no_update,
+        }
+
+
+def _top_bar(default_model: str) -> html.Div:
+    names = shipped_names()
+    info, card = model_info(default_model)
+    return html.Div(
+        [
+            html.Div(
+                [
+                    html.H2("dtinterp", className="brand"),
+                    html.Label("Model", htmlFor=ids.MODEL_DROPDOWN),
+                    dcc.Dropdown(
+                        id=ids.MODEL_DROPDOWN,
+                        options=[{"label": n, "value": n} for n in names],
+                        value=default_model if default_model in names else None,
+                        placeholder="shipped model",
+                        clearable=False,
+                        className="model-dropdown",
+                    ),
+                    dcc.Input(
+                        id=ids.MODEL_PATH_INPUT,
+                        type="text",
+                        placeholder="or a checkpoint directory path…",
+                        value="" if default_model in names else default_model,
+                        className="path-input",
+                    ),
+                    html.Button("Load", id=ids.MODEL_LOAD_BUTTON, n_clicks=0),
+                ],
+                className="top-row",
+            ),
+            html.Div(info, id=ids.MODEL_INFO, className="model-info"),
+            html.Details(
+                [html.Summary("Model card"), dcc.Markdown(card, id=ids.MODEL_CARD, className="model-card")]
+            ),
+            html.Div(id=ids.MESSAGE, className="message", role="alert"),
+        ],
+        className="top-bar",
+    )
+
+
+def layout(default_model: str) -> html.Div:
+    """The whole page for one browser tab (a fresh session id each load)."""
+    return html.Div(
+        [
+            dcc.Store(id=ids.SESSION_STORE, data=new_session_id(), storage_type="memory"),
+            dcc.Store(id=ids.MODEL_STORE, data=default_model, storage_type="memory"),
+            dcc.Store(id=ids.TRAJ_STORE, data=None, storage_type="memory"),
+            dcc.Store(id=ids.STEP_STORE, data=None, storage_type="memory"),
+            dcc.Store(id=ids.EDITS_STORE, data=[], storage_type="memory"),
+            _top_bar(default_model),
+            dcc.Tabs(
+                id=ids.TABS,
+                value=ids.TAB_PLAY,
+                children=[dcc.Tab(label=label, value=value) for value, _, label, _ in TABS],
+            ),
+            *[
+                html.Div(
+                    module.layout(),
+                    id=panel,
+                    className="panel",
+                    style={} if value == ids.TAB_PLAY else {"display": "none"},
+                )
+                for value, panel, _, module in TABS
+            ],
+        ],
+        className="page",
+    )
+
+
+def register(app: Dash) -> None:
+    """The page's own callbacks (model chooser, tab switching) and every tab's."""
+
+    @app.callback(
+        Output(ids.MODEL_STORE, "data"),
+        Output(ids.MODEL_INFO, "children"),
+        Output(ids.MODEL_CARD, "children"),
+        Output(ids.MESSAGE, "children"),
+        Output(ids.MODEL_DROPDOWN, "value"),
+        Output(ids.MODEL_PATH_INPUT, "value"),
+        Input(ids.MODEL_DROPDOWN, "value"),
+        Input(ids.MODEL_LOAD_BUTTON, "n_clicks"),
+        State(ids.MODEL_PATH_INPUT, "value"),
+        State(ids.MODEL_STORE, "data"),
+        prevent_initial_call=True,
+    )
+    def _choose(dropdown: str | None, _clicks: int, path: str | None, current: str) -> tuple[Any, ...]:
+        r = choose_model(ctx.triggered_id, dropdown, path, current)
+        key = no_update if r["key"] == current else r["key"]
+        return key, r["info"], r["card"], r["message"], r["dropdown"], r["path"]
+
+    values = json.dumps([value for value, *_ in TABS])
+    app.clientside_callback(
+        f"function(tab) {{ return {values}.map(function (v) {{ return v === tab ? {{}} : {{display: 'none'}}; }}); }}",
+        [Output(panel, "style") for _, panel, _, _ in TABS],
+        Input(ids.TABS, "value"),
+    )
+    for *_, module in TABS:
+        module.register(app)

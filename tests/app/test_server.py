@@ -1,0 +1,88 @@
+"""The app's wiring without a browser: every callback names components that exist, ids are unique,
+and ``dtinterp app`` refuses bad arguments with one line and exit code 2 before serving anything."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from dash_app import ids
+from dash_app.server import create_app
+from dtinterp.cli import main
+
+
+@pytest.fixture(scope="module")
+def app():
+    return create_app()
+
+
+def _walk(component):
+    """Every component of a tree (depth first)."""
+    stack = [component]
+    while stack:
+        c = stack.pop()
+        if isinstance(c, (list, tuple)):
+            stack.extend(c)
+            continue
+        yield c
+        children = getattr(c, "children", None)
+        if children is not None and not isinstance(children, str):
+            stack.append(children)
+
+
+def _callback_ids(app) -> set[str]:
+    """Component ids (not pattern-matching ones) that any callback reads or writes."""
+    names = set()
+    for key, cb in app.callback_map.items():
+        for part in key.strip(".").split("..."):
+            comp = part.split(".")[0].lstrip(".")
+            if comp and not comp.startswith("{"):
+                names.add(comp)
+        for dep in cb["inputs"] + cb["state"]:
+            if not dep["id"].startswith("{"):
+                names.add(dep["id"])
+    return names
+
+
+def test_every_callback_component_is_in_the_page(app):
+    strings = [c.id for c in _walk(app.layout()) if isinstance(getattr(c, "id", None), str)]
+    assert len(strings) == len(set(strings)), "duplicate component ids in the page"
+    missing = _callback_ids(app) - set(strings)
+    assert not missing, f"callbacks name components the page lacks: {sorted(missing)}"
+
+
+def test_ids_module_has_unique_values():
+    values = [v for k, v in vars(ids).items() if k.isupper() and isinstance(v, str)]
+    assert len(values) == len(set(values))
+    assert (
+        len(set(ids.PLAY_ACTION_BUTTONS)) == 7
+        and ids.play_action_button("forward") == ids.PLAY_ACTION_BUTTONS[2]
+    )
+    with pytest.raises(ValueError):
+        ids.play_action_button("jump")
+
+
+def test_default_model_and_fresh_session_per_page_load(app):
+    def store(page, store_id):
+        return next(c.data for c in _walk(page) if getattr(c, "id", None) == store_id)
+
+    a, b = app.layout(), app.layout()
+    assert store(a, ids.MODEL_STORE) == "memory-s7"
+    assert store(a, ids.SESSION_STORE) != store(b, ids.SESSION_STORE)
+
+
+def test_cli_bad_model_is_one_line_exit_2(capsys):
+    assert main(["app", "--model", "/no/such/checkpoint"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dtinterp: error: /no/such/checkpoint") and "\n" not in err
+
+
+def test_cli_busy_port_is_one_line_exit_2(capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert main(["app", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"dtinterp: error: cannot serve on 127.0.0.1:{port}") and "\n" not in err
