@@ -71,7 +71,8 @@ SOURCES = ("play", "file", "dataset", "rollout")
 #: Default bounds of the server-side LRUs.
 MAX_MODELS = 4
 MAX_ENVS = 256
-MAX_CONTEXTS = 32
+#: A context holds whole activation caches: ~160 MB for 256 windows of the shipped 3-layer DoorKey agent.
+MAX_CONTEXTS = 8
 #: The shipped model the app opens with when none is named.
 DEFAULT_MODEL = "memory-s7"
 
