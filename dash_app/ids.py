@@ -111,8 +111,6 @@ REPLAY_HELPER_COLOR = "replay-helper-color"
 #: Pattern-matching type of the helper rows' add buttons: ``{"type": REPLAY_HELPER_ADD, "kind": k}``
 #: with ``k`` one of ``rtg``, ``action``, ``cell``, ``direction``.
 REPLAY_HELPER_ADD = "replay-helper-add"
-REPLAY_PROBS_BEFORE = "replay-probs-before"
-REPLAY_PROBS_AFTER = "replay-probs-after"
 REPLAY_SAVE_BUTTON = "replay-save-button"
 REPLAY_DOWNLOAD = "replay-download"
 REPLAY_MESSAGE = "replay-message"
