@@ -1,0 +1,415 @@
+"""The Replay & interventions and Analyses tabs without a browser.
+
+The callbacks are thin wrappers of the functions tested here: loading an upload or a dataset episode,
+parsing and applying edits, the before/after distributions, saving the trajectory, and running any
+registered analysis (in the server process and in a forked background worker).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from dash_app import analyses, replay
+from dash_app.state import InputError, dataset_to_traj, model_entry, step_window, traj_to_dataset
+from dtinterp.data.collect import collect
+from dtinterp.data.dataset import load_dataset, save_dataset
+from dtinterp.interp.edits import EditError, SetRTG, apply_edits, parse_edit
+from dtinterp.interp.trajectory import episode_window, rollout_trajectory
+from dtinterp.plugins.api import Analysis, AnalysisContext, AnalysisResult, Param
+from dtinterp.plugins.registry import get_registry, load_registry
+from envs.encoding import ACTION_NAMES, OBJECT_NAMES
+
+MODEL = "memory-s7"
+
+
+@pytest.fixture(scope="module")
+def entry():
+    return model_entry(MODEL)
+
+
+@pytest.fixture(scope="module")
+def traj(entry) -> dict:
+    """A finished greedy episode of the shipped Memory agent (7 steps, seed 3)."""
+    return dataset_to_traj(rollout_trajectory(entry.model, entry.meta, 1.0, 3), 0, entry.key, "rollout")
+
+
+def _upload(data: bytes) -> str:
+    return "data:application/octet-stream;base64," + base64.b64encode(data).decode("ascii")
+
+
+# ------------------------------------------------------------------ loading and saving
+
+
+def test_saved_trajectory_uploads_back_to_the_same_windows(entry, traj) -> None:
+    data = replay.traj_npz_bytes(traj)
+    back = replay.load_upload(_upload(data), "run.npz", None, entry)
+    for key in ("actions", "rewards", "obs_b64", "directions", "target_rtg", "seed", "terminated"):
+        assert back[key] == traj[key], key
+    assert back["source"] == "file"
+    for step in range(len(traj["actions"])):
+        a, b = step_window(traj, entry, step), step_window(back, entry, step)
+        assert all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("obs", "rtg", "actions", "timesteps"))
+
+
+def test_saved_file_is_a_trajectory_file_for_the_library(entry, traj, tmp_path) -> None:
+    path = tmp_path / "t.npz"
+    path.write_bytes(replay.traj_npz_bytes(traj))
+    ds = load_dataset(path)
+    assert ds.n_episodes == 1 and ds.n_transitions == len(traj["actions"])
+    last = len(traj["actions"]) - 1
+    lib = episode_window(ds, 0, last, entry.model, entry.rtg_scale, entry.spec)
+    app = step_window(traj, entry, last)
+    assert torch.equal(lib.rtg, app.rtg) and torch.equal(lib.obs, app.obs)
+
+
+@pytest.mark.parametrize(
+    ("contents", "fragment"),
+    [
+        (_upload(b"not a zip at all"), "is corrupt or not a dataset file"),
+        (_upload(b""), "is corrupt or not a dataset file"),
+        ("data:application/octet-stream;base64,@@@", "not valid base64"),
+        ("no-comma", "sent no file data"),
+        (None, "is empty"),
+    ],
+)
+def test_corrupt_upload_is_a_message_naming_the_file(entry, traj, contents, fragment) -> None:
+    with pytest.raises(InputError) as err:
+        replay.load_upload(contents, "broken.npz", None, entry)
+    assert fragment in str(err.value) and "'broken.npz'" in str(err.value)
+    assert "dtinterp-upload" not in str(err.value)  # the temporary path is not shown
+    # Through the callback's function: nothing changes, a message says why, no exception.
+    new, keep, message = replay.load_event(
+        "replay-upload", MODEL, traj, None, contents, "broken.npz", None, None
+    )
+    assert new is None and keep is None and "broken.npz" in message
+
+
+def test_truncated_upload_is_refused(entry, traj) -> None:
+    data = replay.traj_npz_bytes(traj)
+    with pytest.raises(InputError, match="uploaded file 'cut.npz'"):
+        replay.load_upload(_upload(data[: len(data) // 2]), "cut.npz", None, entry)
+
+
+def test_upload_from_another_env_is_refused(entry, tiny_dataset, tmp_path) -> None:
+    path = tmp_path / "empty.npz"
+    save_dataset(tiny_dataset.select_episodes([0]), path)
+    with pytest.raises(
+        InputError, match="recorded in .*MiniGrid-Empty-5x5-v0.* but the model memory-s7 plays"
+    ):
+        replay.load_upload(_upload(path.read_bytes()), "empty.npz", None, entry)
+
+
+@pytest.fixture(scope="module")
+def memory_dataset(entry, tmp_path_factory):
+    """Three collected episodes of the model's env, saved to disk."""
+    ds = collect(entry.spec, 3, "mixed", seed=5, progress=False)
+    path = tmp_path_factory.mktemp("data") / "memory.npz"
+    save_dataset(ds, path)
+    return ds, path
+
+
+def test_dataset_episode_by_path_and_by_upload(entry, memory_dataset) -> None:
+    ds, path = memory_dataset
+    sl = ds.episode_slice(2)
+    for got in (
+        replay.load_dataset_episode(str(path), "2", entry),
+        replay.load_upload(_upload(path.read_bytes()), "memory.npz", 2, entry),
+    ):
+        assert got["actions"] == [int(a) for a in ds.actions[sl]]
+        assert got["target_rtg"] == pytest.approx(float(ds.rewards[sl].sum()))
+    with pytest.raises(InputError, match="has 3 episode\\(s\\): episode 3 does not exist"):
+        replay.load_dataset_episode(str(path), 3, entry)
+    with pytest.raises(InputError, match="must be a non-negative integer"):
+        replay.load_dataset_episode(str(path), "-1", entry)
+    new, _, message = replay.load_event(
+        "replay-load-dataset", MODEL, None, None, None, None, "/no/such.npz", 0
+    )
+    assert new is None and "'/no/such.npz' does not exist" in message
+
+
+def test_use_played_brings_back_the_played_episode(entry, traj, memory_dataset) -> None:
+    _, path = memory_dataset
+    played = {**traj, "source": "play"}
+    new, keep, message = replay.load_event(
+        "replay-load-dataset", MODEL, played, None, None, None, str(path), 1
+    )
+    assert new["source"] == "dataset" and keep is played and message == ""
+    back, keep2, message = replay.load_event("replay-use-played", MODEL, new, keep, None, None, None, None)
+    assert back is played and keep2 is played and message == ""
+    none, _, message = replay.load_event("replay-use-played", MODEL, new, None, None, None, None, None)
+    assert none is None and "no played episode" in message
+
+
+# ------------------------------------------------------------------ edits and predictions
+
+
+def test_parse_edits_reads_lines_and_reports_every_bad_one() -> None:
+    text = "R3=0.5\n\n# a comment\nA2=forward  # trailing comment\nS4[1,2].object=key\n"
+    assert [str(e) for e in replay.parse_edits(text)] == ["R3=0.5", "A2=forward", "S4[1,2].object=key"]
+    assert replay.parse_edits("") == [] and replay.parse_edits(None) == []
+    with pytest.raises(EditError) as err:
+        replay.parse_edits("R1=0\nbogus\nS1[0,0].object=dragon")
+    message = str(err.value)
+    assert "line 2: cannot parse edit 'bogus'" in message
+    assert "line 3: edit 'S1[0,0].object=dragon': unknown object 'dragon'" in message
+    assert "\n" not in message
+
+
+def test_before_after_are_the_contexts_softmax(entry, traj) -> None:
+    step = 5  # where the Memory agent picks the matching object: the RTG matters
+    inputs = step_window(traj, entry, step)
+    edits = [parse_edit("R*=0.0")]
+    before, after, edited = replay.predict_before_after(entry, inputs, edits)
+    ctx = AnalysisContext(entry.model, inputs, entry.meta, edits)  # an independent context
+    np.testing.assert_allclose(before, torch.softmax(ctx.logits[0, -1], -1).numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(after, torch.softmax(ctx.cf_logits[0, -1], -1).numpy(), rtol=0, atol=1e-6)
+    assert torch.equal(edited.rtg, ctx.counterfactual.rtg)
+    assert not np.array_equal(before, after)
+    assert before.sum() == pytest.approx(1.0, abs=1e-5) and after.sum() == pytest.approx(1.0, abs=1e-5)
+    alone, none, no_edit = replay.predict_before_after(entry, inputs, [])
+    np.testing.assert_array_equal(alone, before)
+    assert none is None and no_edit is None
+
+
+def test_identity_edits_leave_the_distribution_identical(entry, traj) -> None:
+    inputs = step_window(traj, entry, 5)
+    K = inputs.context_len
+    obj = int(inputs.obs[0, K - 1, 3, 5, 0])
+    identity = [
+        parse_edit(str(SetRTG(K, float(inputs.rtg[0, K - 1]) * entry.rtg_scale))),
+        parse_edit(f"A{K - 1}={ACTION_NAMES[int(inputs.actions[0, K - 2])]}"),
+        parse_edit(f"S{K}[3,5].object={OBJECT_NAMES[obj]}"),
+        parse_edit(f"T{K}={int(inputs.timesteps[0, K - 1])}"),
+    ]
+    before, after, edited = replay.predict_before_after(entry, inputs, identity)
+    assert all(
+        torch.equal(getattr(edited, f), getattr(inputs, f)) for f in ("obs", "rtg", "actions", "timesteps")
+    )
+    np.testing.assert_array_equal(before, after)
+
+
+def test_replay_view_flags_exactly_the_edited_tokens(entry, traj) -> None:
+    v = replay.replay_view(MODEL, traj, 5, "R*=0.0\nS10.direction=left")
+    assert v["message"] == "" and v["applied"] and v["edits"] == ["R*=0.0", "S10.direction=left"]
+    real = {t["label"] for t in v["tokens"] if not t["pad"]}
+    flagged = {t["label"] for t in v["tokens"] if t["edited"]}
+    assert flagged == {label for label in real if label.startswith("R")} | {"S10"}
+    assert v["pov_edited"] is not None and v["after"] is not None
+    assert [k for k, _ in v["timesteps"]] == list(range(5, 11))  # steps 0..5 fill the last 6 slots
+
+
+def test_bad_edits_show_a_message_and_the_clean_window(entry, traj) -> None:
+    for text, fragment in (
+        ("A1=left", "timestep 1 is padding in this window"),
+        ("S10[7,0].object=key", "cell (7, 0) is outside the 7x7 grid"),
+        ("S10[1,1].object=unicorn", "unknown object 'unicorn'"),
+        ("A10=left", "the last action is the one predicted"),
+        ("R11=0", "outside the window 1..10"),
+    ):
+        v = replay.replay_view(MODEL, traj, 5, text)
+        assert fragment in v["message"], text
+        assert v["before"] is not None and v["after"] is None
+        assert not v["applied"] and v["edits"] == []
+        assert not any(t["edited"] for t in v["tokens"])
+    v = replay.replay_view(MODEL, traj, 99, "")
+    assert "step 99 out of range" in v["message"] and v["before"] is None
+
+
+def test_helper_rows_write_edits_that_parse_back() -> None:
+    values = {
+        "rtg": 0.25,
+        "action": "pickup",
+        "x": 2,
+        "y": 6,
+        "object": "key",
+        "colour": "red",
+        "state": None,
+    }
+    values["direction"] = "up"
+    assert replay.helper_edits("rtg", 3, values, 10) == ["R3=0.25"]
+    assert replay.helper_edits("rtg", "*", values, 10) == ["R*=0.25"]
+    assert replay.helper_edits("action", "4", values, 10) == ["A4=pickup"]
+    assert replay.helper_edits("cell", 10, values, 10) == ["S10[2,6].object=key", "S10[2,6].colour=red"]
+    assert replay.helper_edits("direction", 1, values, 10) == ["S1.direction=up"]
+    for kind in replay.HELPER_KINDS:
+        for line in replay.helper_edits(kind, 2, values, 10):
+            assert str(parse_edit(line)) == line
+    with pytest.raises(InputError, match="choose the timestep"):
+        replay.helper_edits("action", "*", values, 10)
+    with pytest.raises(InputError, match="outside the window 1..10"):
+        replay.helper_edits("action", 11, values, 10)
+    with pytest.raises(InputError, match="choose an object, a colour or a state"):
+        replay.helper_edits("cell", 2, {**values, "object": None, "colour": None}, 10)
+    with pytest.raises(InputError, match="finite return-to-go"):
+        replay.helper_edits("rtg", 2, {**values, "rtg": None}, 10)
+    assert replay.append_lines("R1=0\n", ["A1=left"]) == "R1=0\nA1=left"
+    assert replay.append_lines("", ["A1=left"]) == "A1=left"
+
+
+# ------------------------------------------------------------------ analyses
+
+
+class LastLogits(Analysis):
+    """Test plugin: the logits of every window's last state and the batch size."""
+
+    id = "test-last-logits"
+    title = "Last logits"
+    category = "dynamic"
+    parameters = (Param("scale", "float", 1.0, "Multiplier.", min=0.0),)
+
+    def compute(self, ctx: AnalysisContext, params: dict[str, Any]) -> AnalysisResult:
+        logits = ctx.logits[:, -1] * params["scale"]
+        return AnalysisResult(self.id, params, {"logits": logits, "batch": ctx.inputs.batch_size}, "ok")
+
+    def figures(self, result: AnalysisResult) -> list[Any]:
+        return [go.Figure(go.Heatmap(z=np.asarray(result.data["logits"])))]
+
+
+class CfLogits(LastLogits):
+    id = "test-cf-logits"
+    category = "causal"
+    needs_counterfactual = True
+
+    def compute(self, ctx: AnalysisContext, params: dict[str, Any]) -> AnalysisResult:
+        data = {"clean": ctx.logits[:, -1], "cf": ctx.cf_logits[:, -1], "logits": ctx.cf_logits[:, -1]}
+        return AnalysisResult(self.id, params, data, "cf")
+
+
+class Boom(LastLogits):
+    id = "test-boom"
+
+    def compute(self, ctx: AnalysisContext, params: dict[str, Any]) -> AnalysisResult:
+        return 1 / 0
+
+
+@pytest.fixture(scope="module")
+def test_registry():
+    reg = load_registry(include_entry_points=False)
+    for cls in (LastLogits, CfLogits, Boom):
+        reg.add(cls, f"tests:{cls.__name__}")
+    assert not reg.failures
+    return reg
+
+
+def _logits(r: dict, key: str = "logits") -> torch.Tensor:
+    return torch.tensor(json.loads(r["result_json"])["data"][key])
+
+
+def test_every_registered_plugin_runs_and_reports(traj) -> None:
+    registry = get_registry()
+    assert registry.plugins
+    stages: list[int] = []
+    for pid, plugin in registry.plugins.items():
+        stages.clear()
+        r = analyses.run_analysis(
+            MODEL, traj, 5, pid, {}, edits=["R*=0.0"], progress=lambda i, _text: stages.append(i)
+        )
+        assert r["ok"], (pid, r["message"])
+        assert r["figures"] and all(isinstance(f, go.Figure) for f in r["figures"]), pid
+        assert stages == [0, 1, 2, 3]
+        assert json.loads(r["result_json"])["plugin_id"] == pid
+        # The HTML download is rebuilt from the figures as the page holds them (JSON dicts).
+        page_figures = [json.loads(f.to_json()) for f in r["figures"]]
+        html = analyses.report_html(r["report"], page_figures)
+        assert html.count('<div id="figure-') == len(r["figures"]) and plugin.title in html
+        if plugin.needs_counterfactual:
+            bad = analyses.run_analysis(MODEL, traj, 5, pid, {}, edits=[])
+            assert not bad["ok"] and "add at least one edit" in bad["message"]
+
+
+def test_targets_and_windows_select_the_inputs(entry, traj, test_registry) -> None:
+    edits = ["R*=0.0"]
+    inputs = step_window(traj, entry, 5)
+    edited = apply_edits(inputs, [parse_edit(e) for e in edits], entry.rtg_scale)
+    with torch.inference_mode():
+        clean_logits, edited_logits = entry.model(inputs)[:, -1], entry.model(edited)[:, -1]
+
+    def run(pid: str, **kw: Any) -> dict:
+        r = analyses.run_analysis(MODEL, traj, 5, pid, {"scale": 2.0}, registry=test_registry, **kw)
+        assert r["ok"], r["message"]
+        return r
+
+    torch.testing.assert_close(_logits(run("test-last-logits")), 2 * clean_logits)
+    torch.testing.assert_close(
+        _logits(run("test-last-logits", target="edited", edits=edits)), 2 * edited_logits
+    )
+    cf = run("test-cf-logits", edits=edits)  # compares clean and edited whatever the target
+    torch.testing.assert_close(_logits(cf, "clean"), clean_logits)
+    torch.testing.assert_close(_logits(cf, "cf"), edited_logits)
+    episode = run("test-last-logits", windows="episode")
+    assert json.loads(episode["result_json"])["data"]["batch"] == len(traj["actions"])
+    r = analyses.run_analysis(MODEL, traj, 5, "test-last-logits", {}, "edited", registry=test_registry)
+    assert not r["ok"] and "needs edits" in r["message"]
+
+
+def test_failures_are_one_line_messages_and_others_keep_working(traj, test_registry) -> None:
+    r = analyses.run_analysis(MODEL, traj, 5, "test-boom", {}, registry=test_registry)
+    assert not r["ok"] and r["figures"] == []
+    assert r["message"] == "plugin 'test-boom' failed at compute: ZeroDivisionError: division by zero"
+    assert analyses.run_analysis(MODEL, traj, 5, "test-last-logits", {}, registry=test_registry)["ok"]
+    for pid, params, target, edits, fragment in (
+        ("test-last-logits", {"scale": -1.0}, "clean", [], "below the minimum 0"),
+        ("test-last-logits", {"scale": None}, "clean", [], "enter a valid number"),
+        ("no-such", {}, "clean", [], "unknown analysis 'no-such'"),
+        ("test-last-logits", {}, "edited", ["bogus"], "cannot parse edit 'bogus'"),
+    ):
+        r = analyses.run_analysis(MODEL, traj, 5, pid, params, target, edits=edits, registry=test_registry)
+        assert not r["ok"] and fragment in r["message"], (pid, r["message"])
+    r = analyses.run_analysis(MODEL, None, None, "test-last-logits", {}, registry=test_registry)
+    assert not r["ok"] and "no trajectory" in r["message"]
+    r = analyses.run_analysis(
+        MODEL, traj, 5, "test-last-logits", {}, "edited", "episode", ["A1=left"], registry=test_registry
+    )
+    assert not r["ok"] and "padding" in r["message"]  # the early windows of the episode are padded at A1
+
+
+def test_forked_worker_ignores_locks_held_in_the_server(entry, traj, test_registry) -> None:
+    """A background run in a forked worker completes even while a server thread holds the model's lock."""
+    multiprocess = pytest.importorskip("multiprocess")
+    fork = multiprocess.get_context("fork")
+    queue = fork.Queue()
+
+    def job() -> None:
+        r = analyses.run_analysis(MODEL, traj, 5, "test-last-logits", {}, registry=test_registry)
+        queue.put((r["ok"], r["message"], r["result_json"]))
+
+    here = analyses.run_analysis(MODEL, traj, 5, "test-last-logits", {}, registry=test_registry)
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with entry.lock:
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    proc = fork.Process(target=job)
+    try:
+        proc.start()
+        ok, message, result_json = queue.get(timeout=60)
+        proc.join(10)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        release.set()
+        holder.join()
+    assert ok, message
+    assert proc.exitcode == 0
+    assert result_json == here["result_json"]
+
+
+def test_target_text_and_traj_dataset(traj) -> None:
+    text = analyses.target_text(MODEL, traj, 5, ["R*=0.0"])
+    assert "step 5 of a 7-step trajectory" in text and "R*=0.0" in text
+    assert "no trajectory" in analyses.target_text(MODEL, None, None, [])
+    assert traj_to_dataset(traj).n_transitions == 7
