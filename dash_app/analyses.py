@@ -90,15 +90,18 @@ def analysis_context(
     computation on the shared model. A background callback runs in a worker *forked* from the server:
     its model is a private copy that no other thread touches, and any lock another server thread held
     at the fork would stay held forever in the copy, so the worker builds its own context and holds
-    nothing. It also runs torch on one thread, since OpenMP's thread pool does not survive a fork.
-    Cancelling a run kills the worker, which therefore never leaves hooks on the server's model.
+    nothing. Cancelling a run kills the worker, which therefore never leaves hooks on the server's model.
     """
-    if os.getpid() == _SERVER_PID:
+    if in_worker():
+        yield AnalysisContext(entry.model, inputs, entry.meta, edits=list(edits), description=description)
+    else:
         with entry.lock:
             yield CONTEXTS.get(entry, inputs, edits, description=description)
-    else:
-        torch.set_num_threads(1)
-        yield AnalysisContext(entry.model, inputs, entry.meta, edits=list(edits), description=description)
+
+
+def in_worker() -> bool:
+    """Whether this is a background-callback worker forked from the server process."""
+    return os.getpid() != _SERVER_PID
 
 
 def plugin_options(registry: Registry, category: str | None) -> list[dict[str, str]]:
@@ -199,6 +202,8 @@ def run_analysis(
     ``ok`` False and a one-line ``message``, never an exception.
     """
     t0 = time.perf_counter()
+    if in_worker():
+        torch.set_num_threads(1)  # OpenMP's thread pool does not survive the fork: torch would hang
     registry = registry or get_registry()
     report = progress or (lambda _i, _text: None)
     out: dict[str, Any] = {"ok": False, "message": "", "summary": "", "figures": [], "result_json": None}
@@ -549,6 +554,7 @@ __all__ = [
     "describe_plugin",
     "failures_text",
     "file_stem",
+    "in_worker",
     "layout",
     "parse_edit_strings",
     "plugin_options",
