@@ -67,7 +67,8 @@ from envs.errors import EnvSpecError
 HELPER_KINDS = ("rtg", "action", "cell", "direction")
 #: Colours of the before/after bars.
 BEFORE_COLOR, AFTER_COLOR = "#7f7f7f", "#d62728"
-#: An upload larger than this is refused before it is decoded (a trajectory file is a few kB).
+#: An upload larger than this is refused before it is decoded (a trajectory file is a few kB, a
+#: collected dataset tens of MB).
 MAX_UPLOAD_BYTES = 256 * 2**20
 
 
@@ -258,11 +259,14 @@ def helper_edits(kind: str, k: Any, values: dict[str, Any], context_len: int) ->
     browser sends them. A missing or bad value is an :class:`InputError`.
     """
     if kind == "rtg":
-        value = values.get("rtg")
-        if value is None or isinstance(value, bool) or not math.isfinite(float(value)):
+        try:
+            value = float(values.get("rtg"))
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value) or isinstance(values.get("rtg"), bool):
             raise InputError("type a finite return-to-go value")
         step = None if k == "*" else _real_timestep(k, context_len)
-        return [str(SetRTG(step, float(value)))]
+        return [str(SetRTG(step, value))]
     k = _real_timestep(None if k == "*" else k, context_len)
     if kind == "action":
         if values.get("action") not in ACTION_NAMES:

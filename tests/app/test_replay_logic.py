@@ -250,6 +250,8 @@ def test_helper_rows_write_edits_that_parse_back() -> None:
         replay.helper_edits("cell", 2, {**values, "object": None, "colour": None}, 10)
     with pytest.raises(InputError, match="finite return-to-go"):
         replay.helper_edits("rtg", 2, {**values, "rtg": None}, 10)
+    with pytest.raises(InputError, match="finite return-to-go"):
+        replay.helper_edits("rtg", 2, {**values, "rtg": "abc"}, 10)
     assert replay.append_lines("R1=0\n", ["A1=left"]) == "R1=0\nA1=left"
     assert replay.append_lines("", ["A1=left"]) == "A1=left"
 
