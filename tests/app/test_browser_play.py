@@ -1,0 +1,142 @@
+"""Browser tests of the Play and History tabs: keyboard play, DT steps, history scrubbing, bad input, sessions.
+
+What the page shows is checked against the library computed independently in the test process: the
+world frame must be exactly the PNG of the env replayed from the seed with the same actions, and the
+probability chart exactly the model's softmax at the current window.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dash_app import ids
+from envs.encoding import ACTION_NAMES
+from tests.app.pages import (
+    By,
+    Keys,
+    bar_probs,
+    by_id,
+    click,
+    history_info,
+    history_step,
+    img_src,
+    press_keys,
+    select_tab,
+    status_step,
+    text,
+    type_into,
+    wait_for,
+)
+from tests.app.reference import live_probs as expected_probs
+from tests.app.reference import world_png as expected_world
+
+pytestmark = pytest.mark.usefixtures("app_server")
+
+LEFT, RIGHT, FORWARD = (ACTION_NAMES.index(a) for a in ("left", "right", "forward"))
+KEY_OF = {LEFT: Keys.ARROW_LEFT, RIGHT: Keys.ARROW_RIGHT, FORWARD: Keys.ARROW_UP}
+
+
+def wait_step(driver, n: int) -> None:
+    wait_for(driver, lambda d: status_step(d) == n, f"the status line to read step {n}")
+
+
+def play_keys(driver, actions: list[int]) -> None:
+    """Play ``actions`` with the keyboard, one key at a time, each waited for on the status line."""
+    for a in actions:
+        before = status_step(driver)
+        press_keys(driver, KEY_OF[a])
+        wait_step(driver, before + 1)
+
+
+def test_keyboard_steps_change_the_world_frame(browser):
+    """Arrow keys on the page body take actions; the frame after them is the env replayed with them."""
+    first = img_src(browser, ids.PLAY_WORLD_IMG)
+    assert first == expected_world(0, [])
+    play_keys(browser, [LEFT])
+    wait_for(browser, lambda d: img_src(d, ids.PLAY_WORLD_IMG) != first, "the world frame to change")
+    play_keys(browser, [FORWARD, RIGHT])
+    wait_for(
+        browser,
+        lambda d: img_src(d, ids.PLAY_WORLD_IMG) == expected_world(0, [LEFT, FORWARD, RIGHT]),
+        "the world frame after left, forward, right",
+    )
+
+
+def test_dt_step_shows_the_models_action_probabilities(browser):
+    """The chart shows the model's distribution; "DT step" takes its argmax and the chart follows."""
+    want = expected_probs(0, [])
+    shown = wait_for(browser, lambda d: bar_probs(d, ids.PLAY_PROBS_GRAPH), "the action-probability bars")
+    assert set(shown) <= set(ACTION_NAMES) and sum(shown.values()) == pytest.approx(1.0, abs=1e-4)
+    assert shown == pytest.approx({k: want[k] for k in shown}, abs=1e-5)
+    best = ACTION_NAMES.index(max(want, key=want.get))
+    click(browser, ids.PLAY_DT_STEP)
+    wait_step(browser, 1)
+    after = expected_probs(0, [best])
+    wait_for(
+        browser,
+        lambda d: (
+            (p := bar_probs(d, ids.PLAY_PROBS_GRAPH))
+            and p == pytest.approx({k: after[k] for k in p}, abs=1e-5)
+        ),
+        "the chart of the state after the model's argmax action",
+    )
+    assert img_src(browser, ids.PLAY_WORLD_IMG) == expected_world(0, [best])
+
+
+def test_history_slider_shows_each_step(browser):
+    """Scrubbing the History slider back to step 0 shows that step's action, frame and RTG."""
+    actions = [LEFT, LEFT, FORWARD]
+    play_keys(browser, actions)
+    select_tab(browser, ids.TAB_HISTORY)
+    wait_for(browser, lambda d: history_step(d) == 3, "history at the last step")
+    assert img_src(browser, ids.HISTORY_WORLD_IMG) == expected_world(0, actions)
+    handle = by_id(browser, ids.HISTORY_SLIDER).find_element(By.CSS_SELECTOR, "[role=slider]")
+    handle.send_keys(Keys.HOME)
+    wait_for(browser, lambda d: history_step(d) == 0, "history at step 0")
+    info = history_info(browser)
+    assert info["action"] == "left" and info["return-to-go"] == "1.000"  # the target return as RTG
+    wait_for(
+        browser, lambda d: img_src(d, ids.HISTORY_WORLD_IMG) == expected_world(0, []), "the frame of step 0"
+    )
+    handle.send_keys(Keys.ARROW_RIGHT, Keys.ARROW_RIGHT)
+    wait_for(browser, lambda d: history_step(d) == 2, "history at step 2")
+    assert history_info(browser)["action"] == "forward"
+    assert img_src(browser, ids.HISTORY_WORLD_IMG) == expected_world(0, actions[:2])
+    # arrow keys on the History tab move the slider, never the agent
+    select_tab(browser, ids.TAB_PLAY)
+    assert status_step(browser) == 3
+
+
+@pytest.mark.parametrize("bad", ["abc", "1e9", "nan"])
+def test_bad_target_return_shows_a_message(browser, bad):
+    """A non-numeric or out-of-range target return is named in a message; play goes on unchanged."""
+    type_into(browser, ids.PLAY_TARGET_RTG, bad)
+    wait_for(browser, lambda d: repr(bad) in text(d, ids.PLAY_MESSAGE), f"a message naming {bad!r}")
+    assert status_step(browser) == 0
+    click(browser, ids.PLAY_RESET)  # a reset needs a valid target too
+    wait_for(browser, lambda d: "target return" in text(d, ids.PLAY_MESSAGE), "the reset to be refused")
+    play_keys(browser, [RIGHT])
+    wait_for(browser, lambda d: text(d, ids.PLAY_MESSAGE) == "", "the message to clear")
+
+
+def test_two_sessions_never_share_state(browser, new_browser):
+    """Two browsers play different seeds, interleaved; each sees only its own episode."""
+    other = new_browser()
+    type_into(other, ids.PLAY_SEED, "3")
+    click(other, ids.PLAY_RESET)
+    wait_for(other, lambda d: "seed 3" in text(d, ids.PLAY_STATUS), "the second browser's reset to seed 3")
+    a_actions, b_actions = [], []
+    for a, b in [(LEFT, FORWARD), (FORWARD, RIGHT), (RIGHT, None)]:
+        play_keys(browser, [a])
+        a_actions.append(a)
+        if b is not None:
+            play_keys(other, [b])
+            b_actions.append(b)
+    wait_for(
+        browser, lambda d: img_src(d, ids.PLAY_WORLD_IMG) == expected_world(0, a_actions), "browser 1's world"
+    )
+    wait_for(
+        other, lambda d: img_src(d, ids.PLAY_WORLD_IMG) == expected_world(3, b_actions), "browser 2's world"
+    )
+    assert status_step(browser) == 3 and "seed 0" in text(browser, ids.PLAY_STATUS)
+    assert status_step(other) == 2 and "seed 3" in text(other, ids.PLAY_STATUS)
