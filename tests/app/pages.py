@@ -22,6 +22,8 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from dash_app import ids  # noqa: E402
 from dash_app.layout import TABS  # noqa: E402
+from dtinterp.data.dataset import TrajectoryDataset  # noqa: E402
+from tests.app.reference import greedy_episode  # noqa: E402
 
 __all__ = ["By", "Keys", "TIMEOUT"]  # the test modules take selenium's names from here, after the guard
 
@@ -207,3 +209,18 @@ def move_slider(driver: WebDriver, slider_id: str, value: int) -> None:
 def upload_file(driver: WebDriver, upload_id: str, path: str) -> None:
     """Give a file to a ``dcc.Upload`` through its (invisible) file input."""
     by_id(driver, upload_id).find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(path)
+
+
+def page_episode(driver: WebDriver) -> tuple[int, float]:
+    """``(seed, target return)`` the Play tab's inputs hold (what a fresh page's episode was reset with)."""
+    seed = by_id(driver, ids.PLAY_SEED).get_attribute("value")
+    target = by_id(driver, ids.PLAY_TARGET_RTG).get_attribute("value")
+    return int(seed), float(target)
+
+
+def play_dt_episode(driver: WebDriver) -> TrajectoryDataset:
+    """Let the model play the page's episode to the end in the Play tab; returns the reference episode."""
+    episode = greedy_episode(*page_episode(driver))
+    click(driver, ids.PLAY_DT_RUN)
+    wait_for(driver, lambda d: status_step(d) == len(episode.actions), "the DT episode to finish")
+    return episode

@@ -17,17 +17,16 @@ from tests.app.pages import (
     choose_option,
     click,
     move_slider,
+    play_dt_episode,
     select_tab,
-    status_step,
     text,
     type_into,
     wait_for,
 )
-from tests.app.reference import decision_step, greedy_episode
+from tests.app.reference import decision_step
 
 pytestmark = pytest.mark.usefixtures("app_server")
 
-SEED = 0
 EDIT = "R*=0"
 #: Seconds one analysis may take to run in the background worker and be drawn.
 RUN_TIMEOUT = 60.0
@@ -56,11 +55,8 @@ def run_finished(driver, previous_summary: str) -> str | None:
 def test_every_registered_analysis_runs_and_shows_its_figures(browser):
     plugin_ids = sorted(get_registry().plugins)
     assert plugin_ids, "the registry holds no analyses"
-    episode = greedy_episode(SEED)
+    episode = play_dt_episode(browser)
     step = decision_step(episode, EDIT)
-
-    click(browser, ids.PLAY_DT_RUN)
-    wait_for(browser, lambda d: status_step(d) == len(episode.actions), "the DT episode to finish")
     select_tab(browser, ids.TAB_REPLAY)
     move_slider(browser, ids.REPLAY_STEP_SLIDER, step)
     type_into(browser, ids.REPLAY_EDITS_TEXT, EDIT, submit=False)

@@ -20,6 +20,7 @@ from tests.app.pages import (
     history_info,
     history_step,
     img_src,
+    page_episode,
     press_keys,
     select_tab,
     status_step,
@@ -50,28 +51,30 @@ def play_keys(driver, actions: list[int]) -> None:
 
 def test_keyboard_steps_change_the_world_frame(browser):
     """Arrow keys on the page body take actions; the frame after them is the env replayed with them."""
+    seed, _ = page_episode(browser)
     first = img_src(browser, ids.PLAY_WORLD_IMG)
-    assert first == expected_world(0, [])
+    assert first == expected_world(seed, [])
     play_keys(browser, [LEFT])
     wait_for(browser, lambda d: img_src(d, ids.PLAY_WORLD_IMG) != first, "the world frame to change")
     play_keys(browser, [FORWARD, RIGHT])
     wait_for(
         browser,
-        lambda d: img_src(d, ids.PLAY_WORLD_IMG) == expected_world(0, [LEFT, FORWARD, RIGHT]),
+        lambda d: img_src(d, ids.PLAY_WORLD_IMG) == expected_world(seed, [LEFT, FORWARD, RIGHT]),
         "the world frame after left, forward, right",
     )
 
 
 def test_dt_step_shows_the_models_action_probabilities(browser):
     """The chart shows the model's distribution; "DT step" takes its argmax and the chart follows."""
-    want = expected_probs(0, [])
+    seed, target = page_episode(browser)
+    want = expected_probs(seed, [], target)
     shown = wait_for(browser, lambda d: bar_probs(d, ids.PLAY_PROBS_GRAPH), "the action-probability bars")
     assert set(shown) <= set(ACTION_NAMES) and sum(shown.values()) == pytest.approx(1.0, abs=1e-4)
     assert shown == pytest.approx({k: want[k] for k in shown}, abs=1e-5)
     best = ACTION_NAMES.index(max(want, key=want.get))
     click(browser, ids.PLAY_DT_STEP)
     wait_step(browser, 1)
-    after = expected_probs(0, [best])
+    after = expected_probs(seed, [best], target)
     wait_for(
         browser,
         lambda d: (
@@ -80,28 +83,31 @@ def test_dt_step_shows_the_models_action_probabilities(browser):
         ),
         "the chart of the state after the model's argmax action",
     )
-    assert img_src(browser, ids.PLAY_WORLD_IMG) == expected_world(0, [best])
+    assert img_src(browser, ids.PLAY_WORLD_IMG) == expected_world(seed, [best])
 
 
 def test_history_slider_shows_each_step(browser):
     """Scrubbing the History slider back to step 0 shows that step's action, frame and RTG."""
+    seed, target = page_episode(browser)
     actions = [LEFT, LEFT, FORWARD]
     play_keys(browser, actions)
     select_tab(browser, ids.TAB_HISTORY)
     wait_for(browser, lambda d: history_step(d) == 3, "history at the last step")
-    assert img_src(browser, ids.HISTORY_WORLD_IMG) == expected_world(0, actions)
+    assert img_src(browser, ids.HISTORY_WORLD_IMG) == expected_world(seed, actions)
     handle = by_id(browser, ids.HISTORY_SLIDER).find_element(By.CSS_SELECTOR, "[role=slider]")
     handle.send_keys(Keys.HOME)
     wait_for(browser, lambda d: history_step(d) == 0, "history at step 0")
     info = history_info(browser)
-    assert info["action"] == "left" and info["return-to-go"] == "1.000"  # the target return as RTG
+    assert info["action"] == "left" and info["return-to-go"] == f"{target:.3f}"  # no reward yet
     wait_for(
-        browser, lambda d: img_src(d, ids.HISTORY_WORLD_IMG) == expected_world(0, []), "the frame of step 0"
+        browser,
+        lambda d: img_src(d, ids.HISTORY_WORLD_IMG) == expected_world(seed, []),
+        "the frame of step 0",
     )
     handle.send_keys(Keys.ARROW_RIGHT, Keys.ARROW_RIGHT)
     wait_for(browser, lambda d: history_step(d) == 2, "history at step 2")
     assert history_info(browser)["action"] == "forward"
-    assert img_src(browser, ids.HISTORY_WORLD_IMG) == expected_world(0, actions[:2])
+    assert img_src(browser, ids.HISTORY_WORLD_IMG) == expected_world(seed, actions[:2])
     # arrow keys on the History tab move the slider, never the agent
     select_tab(browser, ids.TAB_PLAY)
     assert status_step(browser) == 3
@@ -121,10 +127,11 @@ def test_bad_target_return_shows_a_message(browser, bad):
 
 def test_two_sessions_never_share_state(browser, new_browser):
     """Two browsers play different seeds, interleaved; each sees only its own episode."""
-    other = new_browser()
-    type_into(other, ids.PLAY_SEED, "3")
+    seed, _ = page_episode(browser)
+    other, other_seed = new_browser(), seed + 3
+    type_into(other, ids.PLAY_SEED, str(other_seed))
     click(other, ids.PLAY_RESET)
-    wait_for(other, lambda d: "seed 3" in text(d, ids.PLAY_STATUS), "the second browser's reset to seed 3")
+    wait_for(other, lambda d: f"seed {other_seed}" in text(d, ids.PLAY_STATUS), "the second browser's reset")
     a_actions, b_actions = [], []
     for a, b in [(LEFT, FORWARD), (FORWARD, RIGHT), (RIGHT, None)]:
         play_keys(browser, [a])
@@ -133,10 +140,14 @@ def test_two_sessions_never_share_state(browser, new_browser):
             play_keys(other, [b])
             b_actions.append(b)
     wait_for(
-        browser, lambda d: img_src(d, ids.PLAY_WORLD_IMG) == expected_world(0, a_actions), "browser 1's world"
+        browser,
+        lambda d: img_src(d, ids.PLAY_WORLD_IMG) == expected_world(seed, a_actions),
+        "browser 1's world",
     )
     wait_for(
-        other, lambda d: img_src(d, ids.PLAY_WORLD_IMG) == expected_world(3, b_actions), "browser 2's world"
+        other,
+        lambda d: img_src(d, ids.PLAY_WORLD_IMG) == expected_world(other_seed, b_actions),
+        "browser 2's world",
     )
-    assert status_step(browser) == 3 and "seed 0" in text(browser, ids.PLAY_STATUS)
-    assert status_step(other) == 2 and "seed 3" in text(other, ids.PLAY_STATUS)
+    assert status_step(browser) == 3 and f"seed {seed}" in text(browser, ids.PLAY_STATUS)
+    assert status_step(other) == 2 and f"seed {other_seed}" in text(other, ids.PLAY_STATUS)

@@ -17,6 +17,7 @@ from tests.app.pages import (
     click,
     graph_traces,
     move_slider,
+    play_dt_episode,
     press_keys,
     select_tab,
     status_step,
@@ -25,11 +26,10 @@ from tests.app.pages import (
     upload_file,
     wait_for,
 )
-from tests.app.reference import decision_step, greedy_episode, step_probs
+from tests.app.reference import decision_step, step_probs
 
 pytestmark = pytest.mark.usefixtures("app_server")
 
-SEED = 0
 EDIT = "R*=0"
 
 
@@ -45,20 +45,11 @@ def close(shown: dict[str, float], want: dict[str, float]) -> bool:
     return set(shown) <= set(want) and all(abs(shown[k] - want[k]) < 1e-5 for k in shown)
 
 
-def play_dt_episode(driver) -> int:
-    """Let the model play the whole episode in the Play tab; returns its length."""
-    episode = greedy_episode(SEED)
-    click(driver, ids.PLAY_DT_RUN)
-    wait_for(driver, lambda d: status_step(d) == len(episode.actions), "the DT episode to finish")
-    return len(episode.actions)
-
-
 def test_rtg_edit_changes_the_prediction_at_the_decision_step(browser):
     """At the Memory agent's decision step, conditioning on R*=0 instead of its own RTG flips its choice."""
-    episode = greedy_episode(SEED)
+    episode = play_dt_episode(browser)
     step = decision_step(episode, EDIT)
     clean, edited = step_probs(episode, step), step_probs(episode, step, (EDIT,))
-    play_dt_episode(browser)
     select_tab(browser, ids.TAB_REPLAY)
     move_slider(browser, ids.REPLAY_STEP_SLIDER, step)
     wait_for(browser, lambda d: (b := bars(d)) and close(b[0], clean), f"the clean prediction at step {step}")
