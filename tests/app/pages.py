@@ -87,6 +87,14 @@ def bar_probs(driver: WebDriver, graph_id: str) -> dict[str, float] | None:
     return {str(x): float(y) for x, y in zip(bars[0]["x"], bars[0]["y"])}
 
 
+def probs_match(shown: dict[str, float] | None, want: dict[str, float], tol: float = 1e-5) -> bool:
+    """Whether a chart's ``{action: probability}`` is the distribution ``want``: a whole distribution
+    (it sums to 1, so no action is missing) whose every bar is within ``tol`` of ``want``."""
+    if not shown or not set(shown) <= set(want) or abs(sum(shown.values()) - 1.0) > 1e-4:
+        return False
+    return all(abs(p - want[k]) <= tol for k, p in shown.items())
+
+
 def status_step(driver: WebDriver) -> int | None:
     """The step number in the Play tab's status line ("step N · ..."), or None before it is shown."""
     words = text(driver, ids.PLAY_STATUS).split()

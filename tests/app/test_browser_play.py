@@ -22,6 +22,7 @@ from tests.app.pages import (
     img_src,
     page_episode,
     press_keys,
+    probs_match,
     select_tab,
     status_step,
     text,
@@ -69,18 +70,14 @@ def test_dt_step_shows_the_models_action_probabilities(browser):
     seed, target = page_episode(browser)
     want = expected_probs(seed, [], target)
     shown = wait_for(browser, lambda d: bar_probs(d, ids.PLAY_PROBS_GRAPH), "the action-probability bars")
-    assert set(shown) <= set(ACTION_NAMES) and sum(shown.values()) == pytest.approx(1.0, abs=1e-4)
-    assert shown == pytest.approx({k: want[k] for k in shown}, abs=1e-5)
+    assert probs_match(shown, want), (shown, want)
     best = ACTION_NAMES.index(max(want, key=want.get))
     click(browser, ids.PLAY_DT_STEP)
     wait_step(browser, 1)
     after = expected_probs(seed, [best], target)
     wait_for(
         browser,
-        lambda d: (
-            (p := bar_probs(d, ids.PLAY_PROBS_GRAPH))
-            and p == pytest.approx({k: after[k] for k in p}, abs=1e-5)
-        ),
+        lambda d: probs_match(bar_probs(d, ids.PLAY_PROBS_GRAPH), after),
         "the chart of the state after the model's argmax action",
     )
     assert img_src(browser, ids.PLAY_WORLD_IMG) == expected_world(seed, [best])

@@ -19,6 +19,7 @@ from tests.app.pages import (
     move_slider,
     play_dt_episode,
     press_keys,
+    probs_match,
     select_tab,
     status_step,
     text,
@@ -41,10 +42,6 @@ def bars(driver) -> list[dict[str, float]]:
     ]
 
 
-def close(shown: dict[str, float], want: dict[str, float]) -> bool:
-    return set(shown) <= set(want) and all(abs(shown[k] - want[k]) < 1e-5 for k in shown)
-
-
 def test_rtg_edit_changes_the_prediction_at_the_decision_step(browser):
     """At the Memory agent's decision step, conditioning on R*=0 instead of its own RTG flips its choice."""
     episode = play_dt_episode(browser)
@@ -52,12 +49,14 @@ def test_rtg_edit_changes_the_prediction_at_the_decision_step(browser):
     clean, edited = step_probs(episode, step), step_probs(episode, step, (EDIT,))
     select_tab(browser, ids.TAB_REPLAY)
     move_slider(browser, ids.REPLAY_STEP_SLIDER, step)
-    wait_for(browser, lambda d: (b := bars(d)) and close(b[0], clean), f"the clean prediction at step {step}")
+    wait_for(
+        browser, lambda d: (b := bars(d)) and probs_match(b[0], clean), f"the clean prediction at step {step}"
+    )
     type_into(browser, ids.REPLAY_EDITS_TEXT, EDIT, submit=False)
     click(browser, ids.REPLAY_EDIT_APPLY)
     wait_for(browser, lambda d: len(bars(d)) == 2, "before and after bars")
     before, after = bars(browser)
-    assert close(before, clean) and close(after, edited)
+    assert probs_match(before, clean) and probs_match(after, edited), (before, after)
     assert max(before, key=before.get) != max(after, key=after.get)
     assert text(browser, ids.REPLAY_MESSAGE) == ""
 
