@@ -32,15 +32,6 @@ SHORT = EnvSpec(
 META = {"env_spec": SHORT.to_dict(), "rtg_scale": 2.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batch-of-one forwards are slower with intra-op threads on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model() -> HookedDecisionTransformer:
     cfg = DTConfig(context_len=K, n_layers=1, n_heads=2, d_model=32, d_mlp=64, max_timestep=100, seed=2)

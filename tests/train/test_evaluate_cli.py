@@ -9,7 +9,6 @@ import sys
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import torch
 
 from dtinterp.cli import main
 from dtinterp.errors import ConfigError
@@ -22,15 +21,6 @@ from dtinterp.train.rollout import rollout
 from envs import EnvSpec, make_env
 
 SPEC = EnvSpec("MiniGrid-LavaGapS5-v0", max_steps=12)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; a contended thread pool makes them crawl."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,6 @@ SPEC = EnvSpec("MiniGrid-LavaGapS5-v0", max_steps=30)
 SEEDS = [3, 0, 7, 1, 12, 5, 9]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; a contended thread pool makes them crawl."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model() -> HookedDecisionTransformer:
     """A tiny untrained DT whose large init makes its greedy actions depend on its inputs."""

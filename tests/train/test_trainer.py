@@ -136,7 +136,6 @@ def test_loss_ignores_padding():
 
 
 def test_tiny_model_overfits_tiny_dataset(tmp_path, data):
-    torch.set_num_threads(1)
     cfg = tiny_config(steps=200, batch_size=64, weight_decay=0.0, log_every=50)
     result = train(cfg, data, tmp_path / "run", progress=False)
     assert result.step == 200 and not result.stopped_early
@@ -159,7 +158,6 @@ def test_tiny_model_overfits_tiny_dataset(tmp_path, data):
 
 
 def test_resume_ends_at_exactly_the_uninterrupted_weights(tmp_path, data):
-    torch.set_num_threads(1)
     cfg = tiny_config(steps=30, checkpoint_every=0)
     full = train(cfg, data, tmp_path / "full", progress=False)
     part = train(cfg, data, tmp_path / "split", progress=False, should_stop=lambda step: step >= 13)
