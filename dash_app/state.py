@@ -32,6 +32,7 @@ import base64
 import hashlib
 import io
 import math
+import os
 import threading
 import uuid
 from collections import OrderedDict
@@ -671,6 +672,25 @@ class ContextCache:
 
 
 CONTEXTS = ContextCache()
+
+
+def _fresh_locks_after_fork() -> None:
+    """In a forked child (a background-callback worker) every lock of these caches starts released.
+
+    A lock held by another server thread at the moment of the fork would otherwise stay held forever in
+    the child's copy; each AnalysisContext's own lock is reset the same way.
+    """
+    for lru in (MODELS._lru, ENVS._lru, CONTEXTS._lru):
+        lru._lock = threading.Lock()
+    MODELS._load_lock = threading.Lock()
+    for entry in MODELS._lru._data.values():  # the child has one thread: no lock needed to read
+        entry.lock = threading.Lock()
+    for ctx in CONTEXTS._lru._data.values():
+        ctx._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_locks_after_fork)
 
 
 # ------------------------------------------------------------------ images

@@ -7,6 +7,7 @@ The callbacks are thin wrappers of the functions tested here (``play_event``, ``
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import replace
 
@@ -22,11 +23,13 @@ from dash_app.state import (
     CONTEXTS,
     ENVS,
     LRU,
+    MODELS,
     EnvCache,
     action_probs,
     check_traj,
     dataset_to_traj,
     decode_obs,
+    default_model_key,
     encode_obs,
     episode_seed,
     model_entry,
@@ -379,3 +382,15 @@ def test_each_page_load_gets_its_own_session():
         return next(c.data for c in page.children if getattr(c, "id", None) == ids.SESSION_STORE)
 
     assert session_id(layout(MODEL)) != session_id(layout(MODEL))
+
+
+def test_forked_worker_gets_released_locks():
+    """A lock held by a server thread at fork time must not stay held in a background worker."""
+    entry = model_entry(default_model_key())
+    with entry.lock, MODELS._load_lock:
+        pid = os.fork()
+        if pid == 0:  # the child: every cache lock must be free
+            ok = entry.lock.acquire(timeout=5) and MODELS._load_lock.acquire(timeout=5)
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
