@@ -38,7 +38,6 @@ from dash_app import ids
 from dash_app.history import window_tokens
 from dash_app.play import pov_image
 from dash_app.state import (
-    CONTEXTS,
     InputError,
     ModelEntry,
     check_traj,
@@ -57,6 +56,7 @@ from dtinterp.interp.edits import (
     SetCell,
     SetDirection,
     SetRTG,
+    apply_edits,
     parse_edit,
 )
 from dtinterp.model.inputs import DTInputs
@@ -305,17 +305,18 @@ def predict_before_after(
 ) -> tuple[np.ndarray, np.ndarray | None, DTInputs | None]:
     """Action distributions at the window's last state: clean, and with ``edits`` (None without edits).
 
-    Runs through the shared analysis context of (model, inputs, edits), under the model's lock, so the
-    Analyses tab reuses these forward passes. Returns ``(before [A], after [A] | None, edited inputs)``;
-    an edit that does not fit the window is an :class:`~dtinterp.interp.edits.EditError`.
+    Plain forward passes under the model's lock (this view refreshes on every play step, even while its
+    tab is hidden, so it never builds an activation cache; the Analyses tab does that on demand).
+    Returns ``(before [A], after [A] | None, edited inputs | None)``; an edit that does not fit the
+    window is an :class:`~dtinterp.interp.edits.EditError`.
     """
-    with entry.lock:
-        context = CONTEXTS.get(entry, inputs, edits)
-        before = torch.softmax(context.logits[0, -1].float(), -1).cpu().numpy()
-        if not edits:
-            return before, None, None
-        after = torch.softmax(context.cf_logits[0, -1].float(), -1).cpu().numpy()
-        return before, after, context.counterfactual
+    edited = apply_edits(inputs, edits, entry.rtg_scale) if edits else None
+    with entry.lock, torch.inference_mode():
+        before = torch.softmax(entry.model(inputs)[0, -1].float(), -1).cpu().numpy()
+        after = (
+            None if edited is None else torch.softmax(entry.model(edited)[0, -1].float(), -1).cpu().numpy()
+        )
+    return before, after, edited
 
 
 def probs_chart(before: np.ndarray | None, after: np.ndarray | None) -> go.Figure:
