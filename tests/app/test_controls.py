@@ -164,3 +164,17 @@ def test_every_registered_plugin_round_trips_its_defaults() -> None:
             assert _find(row, control_id(plugin.id, p.name)) is not None
         raw = {p.name: initial_value(p) for p in plugin.parameters}
         assert values_from_controls(plugin, raw) == plugin.resolve_params({}), plugin.id
+
+
+def test_an_entry_point_plugin_appears_in_the_app_menu():
+    """dash_app names no plugin: the example package, installed through its entry point, is offered."""
+    from importlib.metadata import entry_points
+
+    from dash_app.analyses import plugin_options
+    from dtinterp.plugins.registry import ENTRY_POINT_GROUP, load_registry
+
+    if not any(ep.name == "logit-lens" for ep in entry_points(group=ENTRY_POINT_GROUP)):
+        pytest.skip("the example plugin package is not installed (make install installs it)")
+    values = {o["value"] for o in plugin_options(load_registry(), None)}
+    assert "logit-lens" in values
+    assert {"rtg-scan", "kurtosis", "time-embeddings", "residual-norms", "counterfactual-attention"} <= values
