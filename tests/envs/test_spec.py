@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from minigrid.wrappers import ViewSizeWrapper
 
-from envs import EnvSpec, EnvSpecError, make_env, obs_shape
+from envs import EnvSpec, EnvSpecError, make_env, make_vector_env, obs_shape
 from envs.experts import LEFT, make_expert
 from tests.envs.helpers import run_episode
 
@@ -74,3 +74,21 @@ def test_view_size_matches_minigrid_view_size_wrapper(view_size):
         action = int(rng.integers(7))
         obs, *_ = env.step(action)
         ref_obs, *_ = ref.step(action)
+
+
+def test_vector_env_steps_copies_in_lockstep():
+    """gymnasium's vector env over EnvSpec: N copies, batched observations, seeded like single envs."""
+    spec = EnvSpec("MiniGrid-DoorKey-5x5-v0")
+    venv = make_vector_env(spec, 3)
+    try:
+        obs, _ = venv.reset(seed=[10, 11, 12])
+        assert obs["image"].shape == (3, 7, 7, 3)
+        for i, seed in enumerate([10, 11, 12]):
+            single, _ = make_env(spec).reset(seed=seed)
+            assert np.array_equal(obs["image"][i], single["image"])
+        obs, rewards, term, trunc, _ = venv.step(np.array([0, 1, 2]))
+        assert rewards.shape == (3,) and obs["direction"].shape == (3,)
+    finally:
+        venv.close()
+    with pytest.raises(EnvSpecError, match="num_envs"):
+        make_vector_env(spec, 0)
