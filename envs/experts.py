@@ -1,8 +1,9 @@
 """Scripted experts: near-optimal MiniGrid policies that read the full env state (no learning).
 
-Every expert replans from ``env.unwrapped`` (grid, agent pose, carried object) at every step with one
-shared shortest-path planner (A*) over agent poses ``(x, y, direction)`` and the moves turn left,
-turn right and forward, so an expert recovers from any state a random or perturbed action leaves it
+Every expert replans from ``env.unwrapped`` (grid, agent pose, carried object) at every step over
+agent poses ``(x, y, direction)`` and the moves turn left, turn right and forward: a shortest-path
+planner (A*, :func:`plan`), or for dynamic obstacles a cost-to-go field of the static room
+(:func:`pose_distances`). So an expert recovers from any state a random or perturbed action leaves it
 in. Each expert also scripts a deliberate *failure* behaviour (``fail_act``), used by the mixed data
 policy so that datasets contain low-return episodes that still look purposeful.
 
@@ -300,8 +301,8 @@ class DynamicObstaclesExpert(Expert):
     ``1 + distance(next pose)`` in the room *without* obstacles (forward first on ties) and rules
     out only the one move that can collide: forward with a non-goal object in front (minigrid checks
     the front cell before the obstacles move; an obstacle that moves into that cell during the step
-    merely blocks the move). When the front is blocked it takes a turn that is on a shortest route
-    if there is one, else turns, the env's only way to wait (it has no no-op action).
+    merely blocks the move). When the front is blocked it turns, onto a shortest route where one
+    exists; turning is also the env's only way to wait (it has no no-op action).
 
     On Dynamic-Obstacles-8x8 (seeds 0..2999) this takes 15.3 steps on average (return 0.946);
     replanning A* around the obstacles' current cells took 17.1. For reference, an agent that
