@@ -186,6 +186,14 @@ class Expert:
             return LEFT
         return action
 
+    def ready_to_take_over(self, env: MiniGridEnv) -> bool:
+        """Whether the delayed-expert mode may stop wandering and hand over to the expert now.
+
+        Always, by default. A family whose task needs something seen first (Memory's cue) waits
+        until the agent sees it, so the expert's part of the episode starts from that observation.
+        """
+        return True
+
 
 class GoalExpert(Expert):
     """
@@ -378,6 +386,11 @@ class MemoryExpert(Expert):
     ## Failure behaviour
 
     Walks to the cell next to the object that does *not* match the cue: reward 0, episode over.
+
+    ## Delayed play
+
+    The mixed policy's delayed-expert mode wanders inside the start room and hands over only once
+    the cue is in view, so a long successful episode still shows the cue shortly before its end.
     """
 
     name = "memory"
@@ -397,8 +410,33 @@ class MemoryExpert(Expert):
         other = [beside(p) for p in ends if env.grid.get(*p).type != cue_type]
         return match[0], other[0]
 
+    @staticmethod
+    def cue_cell(env: MiniGridEnv) -> Cell:
+        """The cue object's cell in the start room (the key or ball furthest left)."""
+        return min(find_cells(env, "key") + find_cells(env, "ball"))
+
+    @staticmethod
+    def in_start_room(env: MiniGridEnv, cell: Cell) -> bool:
+        """Whether ``cell`` lies in the start room (left of the corridor's opening at x = 4)."""
+        return cell[0] < 4
+
     def forward_ends_episode(self, env: MiniGridEnv) -> bool:
         return tuple(env.front_pos) in self.end_cells(env)
+
+    def wander_act(self, env: MiniGridEnv, rng: np.random.Generator) -> int:
+        """A uniformly random action that stays in the start room (a left turn replaces leaving it).
+
+        The delayed-expert mode wanders here, near the cue, and hands over to the expert only once
+        the cue is in view (:meth:`ready_to_take_over`). So every delayed episode that succeeds saw
+        the cue a few steps before its end, within a short context, whatever its length.
+        """
+        action = int(rng.integers(env.action_space.n))
+        if action == FORWARD and not self.in_start_room(env, tuple(env.front_pos)):
+            return LEFT
+        return action
+
+    def ready_to_take_over(self, env: MiniGridEnv) -> bool:
+        return bool(env.agent_sees(*self.cue_cell(env)))
 
     def _go(self, env: MiniGridEnv, target: Cell, avoid: Cell) -> int:
         free = walkable(env, blocked=[avoid])

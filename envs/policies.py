@@ -150,7 +150,8 @@ class MixedPolicy(_Base):
 
     Modes: ``expert`` (epsilon 0), ``expert_eps{0.1,0.25,0.5}`` (expert with that exploration rate),
     ``delayed_expert`` (wanders without ending the episode for a delay drawn uniformly from
-    ``[0, max_steps)``, then plays the expert: returns spread over the whole range), ``random``
+    ``[0, max_steps)``, then, once :meth:`Expert.ready_to_take_over` agrees, plays the expert to the
+    end: returns spread over the whole range), ``random``
     (uniform actions) and ``failure`` (the expert's scripted failure: wrong Memory object, collision
     with a dynamic obstacle, key fetched but door never opened, goal avoided).
     """
@@ -167,7 +168,9 @@ class MixedPolicy(_Base):
         self._p = np.array([self.weights[m] / total for m in MODES])
         self.current_mode = MODES[0]
         self.delay = 0
-        """Steps the ``delayed_expert`` mode wanders before the expert takes over (this episode)."""
+        """Steps the ``delayed_expert`` mode wanders at least before the expert takes over."""
+        self.took_over = False
+        """Whether the expert has taken over this ``delayed_expert`` episode (it keeps playing)."""
 
     def reset(self, env: gym.Env, rng: np.random.Generator) -> None:
         self._rng = rng
@@ -175,13 +178,14 @@ class MixedPolicy(_Base):
         self.delay = (
             int(rng.integers(env.unwrapped.max_steps)) if self.current_mode == "delayed_expert" else 0
         )
+        self.took_over = False
 
     def act(self, env: gym.Env) -> int:
         mode, rng, base = self.current_mode, self.rng, env.unwrapped
         if mode == "delayed_expert":
-            return int(
-                self.expert.act(base) if base.step_count >= self.delay else self.expert.wander_act(base, rng)
-            )
+            if not self.took_over and base.step_count >= self.delay:
+                self.took_over = self.expert.ready_to_take_over(base)
+            return int(self.expert.act(base) if self.took_over else self.expert.wander_act(base, rng))
         if mode == "random":
             return int(rng.integers(self.n_actions))
         if mode == "failure":

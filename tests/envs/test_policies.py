@@ -137,3 +137,43 @@ def test_act_before_reset_is_a_programming_error():
     env = make_env(EnvSpec("MiniGrid-Empty-5x5-v0"), seed=0)
     with pytest.raises(RuntimeError, match="before reset"):
         make_policy("random", env).act(env)
+
+
+def test_memory_delayed_expert_keeps_the_cue_within_a_short_context():
+    """Delayed Memory episodes wander in the start room and hand over only with the cue in view.
+
+    So a successful episode of any length saw the cue a few steps before its end: a decision
+    transformer with a 10-step context can read the cue whatever return it is asked for.
+    """
+    env = make_env(EnvSpec("MiniGrid-MemoryS7FixedStart-v0"))
+    base = env.unwrapped
+    policy = make_policy("mixed", env, weights={"delayed_expert": 1.0})
+    expert = policy.expert
+    gaps, returns, seed = [], [], 0
+    while len(returns) < 150:
+        env.reset(seed=seed)
+        policy.reset(env, np.random.default_rng(seed))
+        seed += 1
+        last_seen, took_over_at, ret = None, None, 0.0
+        while True:
+            if base.agent_sees(*expert.cue_cell(base)):
+                last_seen = base.step_count
+            action = policy.act(env)
+            if policy.took_over and took_over_at is None:
+                took_over_at = base.step_count
+                assert took_over_at >= policy.delay and base.agent_sees(*expert.cue_cell(base))
+            if took_over_at is None:
+                assert expert.in_start_room(base, tuple(base.agent_pos))
+            _, reward, terminated, truncated, _ = env.step(action)
+            ret += float(reward)
+            if terminated or truncated:
+                break
+        returns.append(ret)
+        if ret > 0:
+            gaps.append(base.step_count - last_seen)
+        else:  # a delayed episode only fails by running out of time
+            assert truncated and not terminated
+    assert len(gaps) >= 100 and max(gaps) <= 9, max(gaps)
+    returns = np.array(returns)
+    # returns cover the range: every fifth of (0, 1) holds some episodes
+    assert all(np.sum((returns > lo) & (returns <= lo + 0.2)) >= 5 for lo in (0.0, 0.2, 0.4, 0.6, 0.8))
