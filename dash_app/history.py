@@ -89,19 +89,24 @@ def _token_chip(tok: dict[str, Any]) -> html.Div:
     )
 
 
+def step_slider(component_id: str) -> dcc.Slider:
+    """An integer step slider starting empty (0..0) with its value always shown; callbacks set ``max``."""
+    return dcc.Slider(
+        id=component_id,
+        min=0,
+        max=0,
+        step=1,
+        value=0,
+        marks=None,
+        tooltip={"placement": "bottom", "always_visible": True},
+    )
+
+
 def layout() -> html.Div:
     """The History tab's components."""
     return html.Div(
         [
-            dcc.Slider(
-                id=ids.HISTORY_SLIDER,
-                min=0,
-                max=0,
-                step=1,
-                value=0,
-                marks=None,
-                tooltip={"placement": "bottom", "always_visible": True},
-            ),
+            step_slider(ids.HISTORY_SLIDER),
             html.Div(id=ids.HISTORY_NOTE, className="tab-message"),
             html.Div(
                 [

@@ -35,7 +35,7 @@ import torch
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from dash_app import ids
-from dash_app.history import window_tokens
+from dash_app.history import step_slider, window_tokens
 from dash_app.play import pov_image
 from dash_app.state import (
     InputError,
@@ -570,15 +570,7 @@ def layout() -> html.Div:
             html.Div(id=ids.REPLAY_SOURCE_INFO, className="status-line"),
             html.Div(id=ids.REPLAY_MESSAGE, className="tab-message", role="alert"),
             html.H4("Step (the window ends here; its action is the one predicted)"),
-            dcc.Slider(
-                id=ids.REPLAY_STEP_SLIDER,
-                min=0,
-                max=0,
-                step=1,
-                value=0,
-                marks=None,
-                tooltip={"placement": "bottom", "always_visible": True},
-            ),
+            step_slider(ids.REPLAY_STEP_SLIDER),
             html.Div(id=ids.REPLAY_TOKENS, className="tokens"),
             html.Div(
                 [

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from tests.app import harness
 
 
+def only_missing(monkeypatch, binary: str, missing: str) -> None:
+    """Make ``binary`` the one missing program: the other points at a real executable."""
+    for name in ("CHROMIUM", "CHROMEDRIVER"):
+        monkeypatch.setattr(harness, name, sys.executable)
+    monkeypatch.setattr(harness, binary, missing)
+
+
 @pytest.mark.parametrize("binary", ["CHROMIUM", "CHROMEDRIVER"])
 def test_missing_browser_is_a_skip_outside_ci(monkeypatch, tmp_path, binary):
     missing = str(tmp_path / "no-such-binary")
-    monkeypatch.setattr(harness, binary, missing)
+    only_missing(monkeypatch, binary, missing)
     monkeypatch.delenv("CI", raising=False)
     assert missing in harness.missing_browser()
     with pytest.raises(pytest.skip.Exception, match="no-such-binary"):
@@ -20,7 +29,7 @@ def test_missing_browser_is_a_skip_outside_ci(monkeypatch, tmp_path, binary):
 @pytest.mark.parametrize("binary", ["CHROMIUM", "CHROMEDRIVER"])
 def test_missing_browser_is_a_failure_in_ci(monkeypatch, tmp_path, binary):
     missing = str(tmp_path / "no-such-binary")
-    monkeypatch.setattr(harness, binary, missing)
+    only_missing(monkeypatch, binary, missing)
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="cannot run in CI.*no-such-binary"):
         harness.require_browser()
