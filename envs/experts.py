@@ -315,7 +315,8 @@ class DynamicObstaclesExpert(Expert):
     On Dynamic-Obstacles-8x8 (seeds 0..2999) this takes 15.3 steps on average (return 0.946);
     replanning A* around the obstacles' current cells took 17.1. For reference, an agent that
     knew every future obstacle move in advance would need 12.7 (0.955); a one-step lookahead over
-    simulated obstacle moves (32 and 128 samples per action) did not beat the greedy rule.
+    simulated obstacle moves (32 and 128 samples per action) did not beat the greedy rule
+    (``benchmarks/dynamic_obstacles_bound.py`` measures all three on the same seeds).
 
     ## Failure behaviour
 

@@ -74,6 +74,8 @@ def render_model_card(config: dict[str, Any]) -> str:
     ]
     if policy.get("params"):
         lines.append(f"- policy parameters: {_fmt(policy['params'])}")
+    if config.get("data_note"):
+        lines.append(f"- why this mixture: {config['data_note']}")
     if run.get("data_path"):
         lines.append(f"- file: `{run['data_path']}`")
     lines += [f"- fingerprint (sha256 of the arrays): `{data.get('sha256', '?')}`", ""]

@@ -26,7 +26,7 @@ from dtinterp.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, atomic_write_te
 from dtinterp.model.shipped import models_dir
 
 RECIPE_FILE = "recipe.json"
-RECIPE_KEYS = {"collect", "train", "evaluate", "calibrate", "headline_rtg", "description"}
+RECIPE_KEYS = {"collect", "train", "evaluate", "calibrate", "headline_rtg", "description", "data_note"}
 
 
 def load_recipe(path: Path) -> dict[str, Any]:
@@ -39,6 +39,9 @@ def load_recipe(path: Path) -> dict[str, Any]:
     missing = {"collect", "train", "evaluate", "calibrate", "headline_rtg"} - set(recipe)
     if unknown or missing:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)} / missing keys {sorted(missing)}")
+    for key in ("description", "data_note"):
+        if not isinstance(recipe.get(key, ""), str):
+            raise ConfigError(f"{path}: {key!r} must be a string")
     return recipe
 
 
@@ -171,7 +174,10 @@ def reproduce_one(
         + (f", {_gpu_name()}" if device.startswith("cuda") else ""),
         "collect_workers": workers,
     }
-    update_meta(dest, results=results, reproduction=reproduction, description=recipe.get("description", ""))
+    notes = {"data_note": recipe["data_note"]} if "data_note" in recipe else {}
+    update_meta(
+        dest, results=results, reproduction=reproduction, description=recipe.get("description", ""), **notes
+    )
     return results
 
 

@@ -1,0 +1,104 @@
+"""``make models`` recipes: every shipped agent was built from the recipe beside it, and a bad recipe is
+a one-line error naming the file (exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dtinterp.errors import ConfigError
+from dtinterp.model.shipped import list_models
+from dtinterp.train.model_card import render_model_card
+from dtinterp.train.reproduce import RECIPE_FILE, find_recipes, load_recipe
+
+SHIPPED = list_models()
+
+
+@pytest.mark.parametrize("shipped", SHIPPED, ids=lambda m: m.name)
+def test_shipped_agent_matches_its_recipe(shipped):
+    """The checkpoint's recorded data, training and headline settings are the recipe's own."""
+    recipe = load_recipe(shipped.path / RECIPE_FILE)
+    config = shipped.config
+    collect, data_meta = recipe["collect"], config["dataset_metadata"]
+    assert config["dataset"]["env_id"] == collect["env"]
+    assert config["dataset"]["n_episodes"] == collect["episodes"]
+    assert data_meta["seed"] == collect["seed"] and data_meta["policy"]["name"] == collect["policy"]
+    for key, value in collect.get("policy_params", {}).items():
+        assert data_meta["policy"]["params"][key] == value, f"{shipped.name}: policy param {key!r}"
+    train = recipe["train"]
+    assert config["step"] == train["steps"]
+    for key, value in train.items():
+        if key != "model":
+            assert config["train"][key] == value, f"{shipped.name}: train setting {key!r}"
+    for key, value in train["model"].items():
+        assert config["model"][key] == value, f"{shipped.name}: model setting {key!r}"
+    assert config["results"]["headline"]["target_rtg"] == recipe["headline_rtg"]
+    assert config.get("description", "") == recipe.get("description", "")
+    assert config.get("data_note", "") == recipe.get("data_note", "")
+
+
+def write_recipe(root: Path, name: str, recipe: dict) -> Path:
+    path = root / name / RECIPE_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(recipe))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda r: r.update(colect=r.pop("collect")),
+            r"unknown keys \['colect'\] / missing keys \['collect'\]",
+        ),
+        (lambda r: r.update(data_note=["not", "text"]), "'data_note' must be a string"),
+    ],
+)
+def test_bad_recipe_is_a_one_line_error_naming_the_file(tmp_path, edit, message):
+    recipe = json.loads((SHIPPED[0].path / RECIPE_FILE).read_text())
+    edit(recipe)
+    path = write_recipe(tmp_path, "broken", recipe)
+    with pytest.raises(ConfigError, match=message) as info:
+        find_recipes(tmp_path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dtinterp.train.reproduce",
+            "--models-dir",
+            str(tmp_path),
+            "--work-dir",
+            str(tmp_path / "w"),
+        ],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and str(path) in out.stderr
+    assert not (tmp_path / "w").exists() and sorted(p.name for p in (tmp_path / "broken").iterdir()) == [
+        RECIPE_FILE
+    ]
+
+
+def test_unreadable_recipe_and_unknown_name(tmp_path):
+    path = tmp_path / "corrupt" / RECIPE_FILE
+    path.parent.mkdir()
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot read recipe"):
+        load_recipe(path)
+    with pytest.raises(ConfigError, match=r"no recipe for \['nope'\]"):
+        find_recipes(tmp_path, ["nope"])
+
+
+def test_card_shows_the_data_note_only_when_given():
+    config = dict(SHIPPED[0].config)
+    config.pop("data_note", None)
+    assert "why this mixture" not in render_model_card(config)
+    config["data_note"] = "only expert play"
+    assert "- why this mixture: only expert play" in render_model_card(config)
