@@ -115,7 +115,33 @@ def render_model_card(config: dict[str, Any]) -> str:
         ]
         lines += ["| step | wall time | command |", "| --- | --- | --- |"]
         lines += [f"| {s['step']} | {_duration(s['seconds'])} | `{s['command']}` |" for s in repro["steps"]]
+    others = config.get("other_reproductions")
+    if others:
+        lines += _other_reproductions(others)
     return "\n".join(lines) + "\n"
+
+
+def _other_reproductions(entries: list[dict[str, Any]]) -> list[str]:
+    """The same recipe rebuilt elsewhere: step times and the rebuilt agent's headline result."""
+    steps = ("collect", "train", "evaluate", "calibrate")
+    out = [
+        "",
+        "### Rebuilt elsewhere from the same recipe",
+        "",
+        "Same commands, other hardware; the rebuilt weights differ (float arithmetic differs between devices), "
+        "the shipped ones above are unchanged.",
+        "",
+        "| host | device | " + " | ".join(steps) + " | total | headline success | headline return |",
+        "| --- | --- | " + " | ".join("---" for _ in steps) + " | --- | --- | --- |",
+    ]
+    for e in entries:
+        h = e["headline"]
+        times = " | ".join(_duration(e["step_seconds"][s]) if s in e["step_seconds"] else "-" for s in steps)
+        out.append(
+            f"| {e['host']} | `{e['device']}` | {times} | {_duration(e['total_seconds'])} | "
+            f"{h['success_rate']:.1%} (target {_fmt(h['target_rtg'])}) | {h['mean_return']:.3f} |"
+        )
+    return out
 
 
 def _structured_results(results: dict[str, Any]) -> list[str]:

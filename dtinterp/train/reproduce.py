@@ -5,6 +5,10 @@ full training config, and the evaluation protocol. ``make models`` (``python -m 
 runs, for every recipe, the very ``dtinterp`` commands a user would type, times each, then copies the
 checkpoint into the agent's folder and records the results, the commands and their timings in
 ``config.json`` and ``model_card.md`` beside a calibration figure (SVG) and an episode GIF.
+
+``--record-into trained_models --models-dir DIR`` rebuilds the shipped recipes into ``DIR`` instead (on
+another device, say) and records each rebuild's host, step times and headline on the shipped agent's
+card, leaving its weights alone: evidence that the recipe reproduces elsewhere.
 """
 
 from __future__ import annotations
@@ -202,6 +206,40 @@ def update_meta(directory: Path, **meta: Any) -> None:
     write_model_card(directory, config)
 
 
+def record_reproduction(shipped: Path, rebuilt: Path) -> dict[str, Any]:
+    """Record, in ``shipped``'s config and card, a rebuild of it made elsewhere (another device or host).
+
+    ``rebuilt`` is the folder ``make models`` wrote from the same recipe; its host, device, step times
+    and headline result are added to ``other_reproductions`` (replacing an earlier entry for the same
+    host and device). The shipped weights are untouched. Returns the entry.
+    """
+    for d in (shipped, rebuilt):
+        if not (d / RECIPE_FILE).is_file():
+            raise ConfigError(f"{d}: no {RECIPE_FILE}")
+    if load_recipe(shipped / RECIPE_FILE) != load_recipe(rebuilt / RECIPE_FILE):
+        raise ConfigError(f"{rebuilt}: built from a different recipe than {shipped}")
+    other = read_checkpoint_config(rebuilt)
+    if "reproduction" not in other or "results" not in other:
+        raise ConfigError(f"{rebuilt}: not a folder written by make models (no reproduction record)")
+    repro = other["reproduction"]
+    entry = {
+        "host": repro["host"],
+        "device": repro["device"],
+        "step_seconds": {s["step"]: s["seconds"] for s in repro["steps"]},
+        "total_seconds": repro["total_seconds"],
+        "headline": other["results"]["headline"],
+        "weights_sha256": other.get("weights_sha256"),
+    }
+    config = read_checkpoint_config(shipped)
+    earlier = [
+        e
+        for e in config.get("other_reproductions", [])
+        if (e["host"], e["device"]) != (entry["host"], entry["device"])
+    ]
+    update_meta(shipped, other_reproductions=[*earlier, entry])
+    return entry
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m dtinterp.train.reproduce", description=__doc__.splitlines()[0]
@@ -211,14 +249,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", type=Path, default=Path("build/models"), help="datasets and run directories")
     p.add_argument("--device", default="cpu", help="training and evaluation device (cpu, cuda)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="collection worker processes")
+    p.add_argument(
+        "--record-into",
+        type=Path,
+        default=None,
+        help="rebuild the agents of this folder (e.g. trained_models/) into --models-dir, then record each "
+        "rebuild's timings and headline on the original, whose weights stay",
+    )
     args = p.parse_args(argv)
     root = args.models_dir or models_dir()
     try:
-        recipes = find_recipes(root, args.names or None)
+        if args.record_into is not None and args.record_into.resolve() == root.resolve():
+            raise ConfigError(
+                f"--record-into {args.record_into}: must differ from --models-dir (the rebuilds go there)"
+            )
+        recipes = find_recipes(args.record_into or root, args.names or None)
         if not recipes:
             raise ConfigError(f"no {RECIPE_FILE} under {root}")
         for name, recipe in recipes:
+            if args.record_into is not None:  # rebuild the shipped recipe in root, beside nothing else
+                (root / name).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(args.record_into / name / RECIPE_FILE, root / name / RECIPE_FILE)
             res = reproduce_one(name, recipe, root, args.work_dir, args.device, args.workers)
+            if args.record_into is not None:
+                record_reproduction(args.record_into / name, root / name)
             h = res["headline"]
             print(
                 f"\n{name}: RTG {h['target_rtg']:g} -> success {h['success_rate']:.1%}, return {h['mean_return']:.3f}"

@@ -13,7 +13,7 @@ import pytest
 from dtinterp.errors import ConfigError
 from dtinterp.model.shipped import list_models
 from dtinterp.train.model_card import render_model_card
-from dtinterp.train.reproduce import RECIPE_FILE, find_recipes, load_recipe
+from dtinterp.train.reproduce import RECIPE_FILE, find_recipes, load_recipe, record_reproduction
 
 SHIPPED = list_models()
 
@@ -102,3 +102,74 @@ def test_card_shows_the_data_note_only_when_given():
     assert "why this mixture" not in render_model_card(config)
     config["data_note"] = "only expert play"
     assert "- why this mixture: only expert play" in render_model_card(config)
+
+
+def copy_agent(src: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    for f in src.iterdir():
+        (dest / f.name).write_bytes(f.read_bytes())
+    return dest
+
+
+def test_record_reproduction_adds_the_rebuild_to_the_card_and_keeps_the_weights(tmp_path):
+    src = next(m for m in SHIPPED if m.name == "memory-s7").path
+    shipped = copy_agent(src, tmp_path / "shipped" / "memory-s7")
+    rebuilt = copy_agent(src, tmp_path / "rebuilt" / "memory-s7")
+    config = json.loads((rebuilt / "config.json").read_text())
+    config["reproduction"]["host"] = "x86_64, 2 CPU cores"
+    config["reproduction"]["device"] = "cpu"
+    config["results"]["headline"]["success_rate"] = 0.995
+    (rebuilt / "config.json").write_text(json.dumps(config))
+    weights = (shipped / "model.safetensors").read_bytes()
+
+    for _ in range(2):  # recording the same host and device again replaces the entry
+        entry = record_reproduction(shipped, rebuilt)
+    recorded = json.loads((shipped / "config.json").read_text())
+    assert recorded["other_reproductions"] == [entry] and entry["device"] == "cpu"
+    assert entry["step_seconds"]["train"] == next(
+        s["seconds"] for s in config["reproduction"]["steps"] if s["step"] == "train"
+    )
+    card = (shipped / "model_card.md").read_text()
+    assert "### Rebuilt elsewhere from the same recipe" in card
+    assert "| x86_64, 2 CPU cores | `cpu` |" in card and "99.5% (target 1)" in card
+    assert (shipped / "model.safetensors").read_bytes() == weights
+    assert recorded["results"] == json.loads((src / "config.json").read_text())["results"]
+
+
+def test_record_reproduction_refuses_another_recipe_or_a_plain_checkpoint(tmp_path):
+    src = next(m for m in SHIPPED if m.name == "memory-s7").path
+    shipped = copy_agent(src, tmp_path / "shipped" / "memory-s7")
+    rebuilt = copy_agent(src, tmp_path / "rebuilt" / "memory-s7")
+    recipe = json.loads((rebuilt / RECIPE_FILE).read_text())
+    recipe["train"]["steps"] += 1
+    (rebuilt / RECIPE_FILE).write_text(json.dumps(recipe))
+    with pytest.raises(ConfigError, match="different recipe"):
+        record_reproduction(shipped, rebuilt)
+    (rebuilt / RECIPE_FILE).write_bytes((src / RECIPE_FILE).read_bytes())
+    config = json.loads((rebuilt / "config.json").read_text())
+    del config["reproduction"]
+    (rebuilt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="no reproduction record"):
+        record_reproduction(shipped, rebuilt)
+    assert "other_reproductions" not in json.loads((shipped / "config.json").read_text())
+
+
+def test_record_into_the_models_dir_itself_is_refused(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dtinterp.train.reproduce",
+            "--models-dir",
+            str(tmp_path),
+            "--record-into",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+    assert (
+        out.returncode == 2 and "must differ from --models-dir" in out.stderr and out.stderr.count("\n") == 1
+    )
