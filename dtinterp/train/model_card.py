@@ -117,12 +117,13 @@ def render_model_card(config: dict[str, Any]) -> str:
         lines += [f"| {s['step']} | {_duration(s['seconds'])} | `{s['command']}` |" for s in repro["steps"]]
     others = config.get("other_reproductions")
     if others:
-        lines += _other_reproductions(others)
+        lines += _other_reproductions(others, config.get("dataset", {}).get("sha256"))
     return "\n".join(lines) + "\n"
 
 
-def _other_reproductions(entries: list[dict[str, Any]]) -> list[str]:
-    """The same recipe rebuilt elsewhere: step times and the rebuilt agent's headline result."""
+def _other_reproductions(entries: list[dict[str, Any]], dataset_sha: str | None) -> list[str]:
+    """The same recipe rebuilt elsewhere: step times, whether the data came out byte-identical, and the
+    rebuilt agent's headline result."""
     steps = ("collect", "train", "evaluate", "calibrate")
     out = [
         "",
@@ -131,14 +132,22 @@ def _other_reproductions(entries: list[dict[str, Any]]) -> list[str]:
         "Same commands, other hardware; the rebuilt weights differ (float arithmetic differs between devices), "
         "the shipped ones above are unchanged.",
         "",
-        "| host | device | " + " | ".join(steps) + " | total | headline success | headline return |",
-        "| --- | --- | " + " | ".join("---" for _ in steps) + " | --- | --- | --- |",
+        "| host | device | "
+        + " | ".join(steps)
+        + " | total | same data | headline success | headline return |",
+        "| --- | --- | " + " | ".join("---" for _ in steps) + " | --- | --- | --- | --- |",
     ]
     for e in entries:
         h = e["headline"]
+        rebuilt_sha = e.get("dataset_sha256")
+        same = (
+            "?"
+            if not (rebuilt_sha and dataset_sha)
+            else ("yes (sha256)" if rebuilt_sha == dataset_sha else "no")
+        )
         times = " | ".join(_duration(e["step_seconds"][s]) if s in e["step_seconds"] else "-" for s in steps)
         out.append(
-            f"| {e['host']} | `{e['device']}` | {times} | {_duration(e['total_seconds'])} | "
+            f"| {e['host']} | `{e['device']}` | {times} | {_duration(e['total_seconds'])} | {same} | "
             f"{h['success_rate']:.1%} (target {_fmt(h['target_rtg'])}) | {h['mean_return']:.3f} |"
         )
     return out

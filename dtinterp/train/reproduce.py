@@ -229,6 +229,7 @@ def record_reproduction(shipped: Path, rebuilt: Path) -> dict[str, Any]:
         "total_seconds": repro["total_seconds"],
         "headline": other["results"]["headline"],
         "weights_sha256": other.get("weights_sha256"),
+        "dataset_sha256": other.get("dataset", {}).get("sha256"),
     }
     config = read_checkpoint_config(shipped)
     earlier = [

@@ -131,7 +131,11 @@ def test_record_reproduction_adds_the_rebuild_to_the_card_and_keeps_the_weights(
     )
     card = (shipped / "model_card.md").read_text()
     assert "### Rebuilt elsewhere from the same recipe" in card
-    assert "| x86_64, 2 CPU cores | `cpu` |" in card and "99.5% (target 1)" in card
+    assert "| x86_64, 2 CPU cores | `cpu` |" in card and "| yes (sha256) | 99.5% (target 1) |" in card
+    config["dataset"]["sha256"] = "0" * 64  # a rebuild whose data came out different says so
+    (rebuilt / "config.json").write_text(json.dumps(config))
+    record_reproduction(shipped, rebuilt)
+    assert "| no | 99.5% (target 1) |" in (shipped / "model_card.md").read_text()
     assert (shipped / "model.safetensors").read_bytes() == weights
     assert recorded["results"] == json.loads((src / "config.json").read_text())["results"]
 
