@@ -116,7 +116,7 @@ def test_record_reproduction_adds_the_rebuild_to_the_card_and_keeps_the_weights(
     shipped = copy_agent(src, tmp_path / "shipped" / "memory-s7")
     rebuilt = copy_agent(src, tmp_path / "rebuilt" / "memory-s7")
     config = json.loads((rebuilt / "config.json").read_text())
-    config["reproduction"]["host"] = "x86_64, 2 CPU cores"
+    config["reproduction"]["host"] = "testhost, 2 CPU cores"
     config["reproduction"]["device"] = "cpu"
     config["results"]["headline"]["success_rate"] = 0.995
     (rebuilt / "config.json").write_text(json.dumps(config))
@@ -125,13 +125,14 @@ def test_record_reproduction_adds_the_rebuild_to_the_card_and_keeps_the_weights(
     for _ in range(2):  # recording the same host and device again replaces the entry
         entry = record_reproduction(shipped, rebuilt)
     recorded = json.loads((shipped / "config.json").read_text())
-    assert recorded["other_reproductions"] == [entry] and entry["device"] == "cpu"
+    earlier = json.loads((src / "config.json").read_text()).get("other_reproductions", [])
+    assert recorded["other_reproductions"] == [*earlier, entry] and entry["device"] == "cpu"
     assert entry["step_seconds"]["train"] == next(
         s["seconds"] for s in config["reproduction"]["steps"] if s["step"] == "train"
     )
     card = (shipped / "model_card.md").read_text()
     assert "### Rebuilt elsewhere from the same recipe" in card
-    assert "| x86_64, 2 CPU cores | `cpu` |" in card and "| yes (sha256) | 99.5% (target 1) |" in card
+    assert "| testhost, 2 CPU cores | `cpu` |" in card and "| yes (sha256) | 99.5% (target 1) |" in card
     config["dataset"]["sha256"] = "0" * 64  # a rebuild whose data came out different says so
     (rebuilt / "config.json").write_text(json.dumps(config))
     record_reproduction(shipped, rebuilt)
@@ -144,6 +145,7 @@ def test_record_reproduction_refuses_another_recipe_or_a_plain_checkpoint(tmp_pa
     src = next(m for m in SHIPPED if m.name == "memory-s7").path
     shipped = copy_agent(src, tmp_path / "shipped" / "memory-s7")
     rebuilt = copy_agent(src, tmp_path / "rebuilt" / "memory-s7")
+    before = {f.name: f.read_bytes() for f in shipped.iterdir()}
     recipe = json.loads((rebuilt / RECIPE_FILE).read_text())
     recipe["train"]["steps"] += 1
     (rebuilt / RECIPE_FILE).write_text(json.dumps(recipe))
@@ -155,7 +157,7 @@ def test_record_reproduction_refuses_another_recipe_or_a_plain_checkpoint(tmp_pa
     (rebuilt / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="no reproduction record"):
         record_reproduction(shipped, rebuilt)
-    assert "other_reproductions" not in json.loads((shipped / "config.json").read_text())
+    assert {f.name: f.read_bytes() for f in shipped.iterdir()} == before  # nothing recorded, nothing touched
 
 
 def test_record_into_the_models_dir_itself_is_refused(tmp_path):
