@@ -399,8 +399,8 @@ class MemoryExpert(Expert):
     @staticmethod
     def end_cells(env: MiniGridEnv) -> tuple[Cell, Cell]:
         """(matching, other): the cells next to the matching and the non-matching end objects."""
-        objs = sorted(find_cells(env, "key") + find_cells(env, "ball"))
-        cue, ends = objs[0], objs[1:]
+        cue = MemoryExpert.cue_cell(env)
+        ends = [p for p in find_cells(env, "key") + find_cells(env, "ball") if p != cue]
         cue_type = env.grid.get(*cue).type
         mid = env.height // 2
 
@@ -417,7 +417,7 @@ class MemoryExpert(Expert):
         return min(find_cells(env, "key") + find_cells(env, "ball"))
 
     @staticmethod
-    def in_start_room(env: MiniGridEnv, cell: Cell) -> bool:
+    def in_start_room(cell: Cell) -> bool:
         """Whether ``cell`` lies in the start room (left of the corridor's opening at x = 4)."""
         return cell[0] < 4
 
@@ -432,7 +432,7 @@ class MemoryExpert(Expert):
         the cue a few steps before its end, within a short context, whatever its length.
         """
         action = int(rng.integers(env.action_space.n))
-        if action == FORWARD and not self.in_start_room(env, tuple(env.front_pos)):
+        if action == FORWARD and not self.in_start_room(tuple(env.front_pos)):
             return LEFT
         return action
 

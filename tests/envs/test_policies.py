@@ -163,7 +163,7 @@ def test_memory_delayed_expert_keeps_the_cue_within_a_short_context():
                 took_over_at = base.step_count
                 assert took_over_at >= policy.delay and base.agent_sees(*expert.cue_cell(base))
             if took_over_at is None:
-                assert expert.in_start_room(base, tuple(base.agent_pos))
+                assert expert.in_start_room(tuple(base.agent_pos))
             _, reward, terminated, truncated, _ = env.step(action)
             ret += float(reward)
             if terminated or truncated:

@@ -18,6 +18,17 @@ from dtinterp.train.reproduce import RECIPE_FILE, find_recipes, load_recipe, rec
 SHIPPED = list_models()
 
 
+def run_reproduce(*args: str) -> subprocess.CompletedProcess:
+    """``python -m dtinterp.train.reproduce ARGS`` in a fresh process, no stdin, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "dtinterp.train.reproduce", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
 @pytest.mark.parametrize("shipped", SHIPPED, ids=lambda m: m.name)
 def test_shipped_agent_matches_its_recipe(shipped):
     """The checkpoint's recorded data, training and headline settings are the recipe's own."""
@@ -65,21 +76,7 @@ def test_bad_recipe_is_a_one_line_error_naming_the_file(tmp_path, edit, message)
     with pytest.raises(ConfigError, match=message) as info:
         find_recipes(tmp_path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dtinterp.train.reproduce",
-            "--models-dir",
-            str(tmp_path),
-            "--work-dir",
-            str(tmp_path / "w"),
-        ],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
+    out = run_reproduce("--models-dir", str(tmp_path), "--work-dir", str(tmp_path / "w"))
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and str(path) in out.stderr
     assert not (tmp_path / "w").exists() and sorted(p.name for p in (tmp_path / "broken").iterdir()) == [
         RECIPE_FILE
@@ -161,21 +158,7 @@ def test_record_reproduction_refuses_another_recipe_or_a_plain_checkpoint(tmp_pa
 
 
 def test_record_into_the_models_dir_itself_is_refused(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dtinterp.train.reproduce",
-            "--models-dir",
-            str(tmp_path),
-            "--record-into",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
+    out = run_reproduce("--models-dir", str(tmp_path), "--record-into", str(tmp_path))
     assert (
         out.returncode == 2 and "must differ from --models-dir" in out.stderr and out.stderr.count("\n") == 1
     )
