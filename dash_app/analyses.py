@@ -5,7 +5,8 @@ menu lists every plugin grouped by category, the description and the parameter c
 plugin's declaration (:mod:`dash_app.controls`), and the figures from its ``figures(result)``. A plugin
 installed later under the ``dtinterp.analyses`` entry point appears here with no change to the app.
 
-What a run analyses (the same steps as ``dtinterp analyze``: inputs -> context -> plugin -> figures):
+A run is the library's :func:`dtinterp.plugins.run.run_analysis`, the same as ``dtinterp analyze``; this
+tab only chooses what it runs on:
 
 - **windows**: the model's window at the step chosen in the Replay tab (``ids.STEP_STORE``), or the
   windows ending at every taken step of the episode (at most :data:`MAX_WINDOWS`, evenly thinned), for
@@ -20,56 +21,45 @@ process with its own copy of the model (:func:`analysis_context`), so cancelling
 the server's shared model. In the server process itself (tests, notebooks) every computation holds the
 model's lock. A plugin that raises shows its one-line ``PluginError`` and nothing else is affected.
 
-Logic lives in plain functions (:func:`run_analysis`, :func:`build_inputs`, :func:`report_html`, ...); the
-callbacks only pass the browser's values through.
+Logic lives in plain functions (:func:`run_in_app`, :func:`build_inputs`, :func:`report_html`, ...); the
+callbacks only pass the browser's values through. Static analyses (weights only) run without an episode.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 import torch
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from dash_app import controls, ids
-from dash_app.state import (
-    CONTEXTS,
-    InputError,
-    ModelEntry,
-    check_traj,
-    model_entry,
-    step_window,
-    traj_to_dataset,
-)
-from dtinterp.analyze import describe_model
+from dash_app.cache import CONTEXTS, ModelEntry, model_entry
+from dash_app.inputs import InputError, load_episode
+from dtinterp.data.episode import Episode
 from dtinterp.errors import DtinterpError
-from dtinterp.interp.edits import Edit, apply_edits, parse_edit
-from dtinterp.interp.trajectory import episode_windows
+from dtinterp.interp.edits import Edit
 from dtinterp.model.inputs import DTInputs
-from dtinterp.plugins.api import CATEGORIES, Analysis, AnalysisContext, PluginError
+from dtinterp.plugins.api import CATEGORIES, Analysis, AnalysisContext
 from dtinterp.plugins.registry import Registry, get_registry
-from dtinterp.viz.report import render_report
+from dtinterp.plugins.report import render_report
+from dtinterp.plugins.run import STAGES, TARGET_CLEAN, TARGET_EDITED, run_analysis
 from envs.errors import EnvSpecError
 
 #: The most windows a whole-episode run uses (the CLI's ``--max-windows`` default).
 MAX_WINDOWS = 256
 #: ``ids.ANALYSIS_WINDOWS`` values.
 WINDOWS_STEP, WINDOWS_EPISODE = "step", "episode"
-#: ``ids.ANALYSIS_USE_EDITS`` values.
-TARGET_CLEAN, TARGET_EDITED = "clean", "edited"
 CATEGORY_HELP = {
     "static": "weights only: the same result for any trajectory",
     "dynamic": "forward passes on the windows",
     "causal": "interventions: edits, patching, sweeps",
 }
-#: Stages a run reports on the progress bar.
-STAGES = ("checking parameters", "building the windows", "computing", "drawing the figures")
 
 _SERVER_PID = os.getpid()
 
@@ -81,11 +71,11 @@ Progress = Callable[[int, str], None]
 
 @contextlib.contextmanager
 def analysis_context(
-    entry: ModelEntry, inputs: DTInputs, edits: Sequence[Edit] = (), description: str = ""
+    entry: ModelEntry, inputs: DTInputs | None, edits: Sequence[Edit] = (), description: str = ""
 ) -> Iterator[AnalysisContext]:
     """The analysis context of (model, inputs, edits), with the model's lock held while it is in use.
 
-    In the server process the context comes from the shared LRU (:data:`dash_app.state.CONTEXTS`), so
+    In the server process the context comes from the shared LRU (:data:`dash_app.cache.CONTEXTS`), so
     forward passes already run for the Replay tab are reused, and the model's lock serialises every
     computation on the shared model. A background callback runs in a worker *forked* from the server:
     its model is a private copy that no other thread touches, and any lock another server thread held
@@ -93,7 +83,7 @@ def analysis_context(
     nothing. Cancelling a run kills the worker, which therefore never leaves hooks on the server's model.
     """
     if in_worker():
-        yield AnalysisContext(entry.model, inputs, entry.meta, edits=list(edits), description=description)
+        yield AnalysisContext(entry.checkpoint, inputs, edits=list(edits), description=description)
     else:
         with entry.lock:
             yield CONTEXTS.get(entry, inputs, edits, description=description)
@@ -144,46 +134,38 @@ def failures_text(registry: Registry) -> list[str]:
     ]
 
 
-def parse_edit_strings(edits: Sequence[str] | None) -> list[Edit]:
-    """The Replay tab's edits (strings in ``ids.EDITS_STORE``) as edit objects."""
-    return [parse_edit(str(e)) for e in edits or []]
-
-
 def build_inputs(
-    entry: ModelEntry, traj: dict[str, Any] | None, step: int | None, windows: str
+    entry: ModelEntry, episode: Episode | None, step: int | None, windows: str
 ) -> tuple[DTInputs, dict[str, Any]]:
-    """The windows a run analyses, and a description of them for the report.
+    """The windows a run analyses, and their provenance.
 
     ``windows`` is :data:`WINDOWS_STEP` (the window at ``step``, default the last observation) or
-    :data:`WINDOWS_EPISODE` (every taken step, at most :data:`MAX_WINDOWS`).
+    :data:`WINDOWS_EPISODE` (every taken step, at most :data:`MAX_WINDOWS`, evenly thinned).
     """
-    if traj is None:
-        raise InputError("no trajectory: play one or load one in the Replay tab")
-    obs = check_traj(traj)
-    info: dict[str, Any] = {
-        "source": f"trajectory ({traj['source']}) of {len(traj['actions'])} steps",
-        "env": entry.spec.to_json(),
-        "return-to-go": f"target {float(traj['target_rtg']):g} minus rewards so far",
-    }
+    if episode is None:
+        raise InputError("no episode: play one or load one in the Replay tab")
+    source: dict[str, Any] = {"episode": episode.provenance(), "conditioning": episode.conditioning()}
     if windows == WINDOWS_EPISODE:
-        ds = traj_to_dataset(traj)
-        inputs = episode_windows(ds, [0], entry.model, entry.rtg_scale, MAX_WINDOWS, entry.spec, "trajectory")
-        n = len(traj["actions"])
-        info["windows"] = (
-            f"{inputs.batch_size}, ending at {'every' if inputs.batch_size == n else 'evenly spaced'} taken step(s)"
-        )
-        return inputs, info
-    if windows != WINDOWS_STEP:
+        if episode.length == 0:
+            raise InputError("the episode has no steps yet: take an action first")
+        steps = list(range(episode.length))
+        if len(steps) > MAX_WINDOWS:
+            keep = np.unique(np.round(np.linspace(0, len(steps) - 1, MAX_WINDOWS)).astype(np.int64))
+            steps = [steps[i] for i in keep]
+        source["description"] = f"every taken step of the episode ({len(steps)} windows)"
+    elif windows == WINDOWS_STEP:
+        steps = [episode.n_obs - 1 if step is None else int(step)]
+        live = " (the current state)" if episode.live and steps[0] == episode.length else ""
+        source["description"] = f"the window at step {steps[0]}{live}"
+    else:
         raise InputError(f"unknown choice of windows {windows!r}")
-    step = len(obs) - 1 if step is None else int(step)
-    inputs = step_window(traj, entry, step)
-    info["step"] = f"{step} (the window ends here; its action is the one predicted)"
-    return inputs, info
+    source["steps"] = steps
+    return episode.windows(entry.checkpoint, steps), source
 
 
-def run_analysis(
+def run_in_app(
     model: str,
-    traj: dict[str, Any] | None,
+    data: Any,
     step: int | None,
     plugin_id: str,
     raw_params: Mapping[str, Any],
@@ -195,72 +177,55 @@ def run_analysis(
 ) -> dict[str, Any]:
     """Run one plugin as the Analyses tab does and return what the tab shows.
 
-    ``raw_params`` are the controls' values (see :func:`dash_app.controls.values_from_controls`),
-    ``target`` is :data:`TARGET_CLEAN` or :data:`TARGET_EDITED`, ``edits`` the Replay tab's edit strings.
-    Returns ``{"ok", "message", "summary", "figures" (plotly Figures), "result_json" (text or None),
-    "report" (the arguments of :func:`report_html`), "seconds"}``; a bad input or a failing plugin gives
-    ``ok`` False and a one-line ``message``, never an exception.
+    ``data`` is the page's episode (``Episode.to_json()``), ``raw_params`` the controls' values (see
+    :func:`dash_app.controls.values_from_controls`), ``target`` :data:`TARGET_CLEAN` or
+    :data:`TARGET_EDITED`, ``edits`` the Replay tab's edit strings. Returns ``{"ok", "message", "summary",
+    "figures" (plotly Figures), "result_json" (text or None), "report" (the arguments of
+    :func:`report_html`), "ran_on" (what it ran on, in words), "seconds"}``; a bad input or a failing
+    plugin gives ``ok`` False and a one-line ``message``, never an exception.
     """
     t0 = time.perf_counter()
     if in_worker():
         torch.set_num_threads(1)  # OpenMP's thread pool does not survive the fork: torch would hang
     registry = registry or get_registry()
-    report = progress or (lambda _i, _text: None)
     out: dict[str, Any] = {"ok": False, "message": "", "summary": "", "figures": [], "result_json": None}
     try:
-        report(0, STAGES[0])
         plugin = registry.get(plugin_id)
         params = controls.values_from_controls(plugin, raw_params)
-        edit_list = parse_edit_strings(edits)
-        if plugin.needs_counterfactual and not edit_list:
-            raise PluginError(
-                f"analysis {plugin.id!r} compares against a counterfactual: add at least one edit in the Replay tab"
-            )
-        if target == TARGET_EDITED and not edit_list:
-            raise InputError(
-                "target 'edited window' needs edits: add them in the Replay tab, or pick the clean window"
-            )
         entry = model_entry(model)
-
-        report(1, STAGES[1])
-        inputs, inputs_info = build_inputs(entry, traj, step, windows)
-        if plugin.needs_counterfactual:
-            ctx_inputs, ctx_edits = inputs, edit_list  # clean vs edited, in one context
-            inputs_info["edits"] = [str(e) for e in edit_list]
-        elif target == TARGET_EDITED:
-            ctx_inputs, ctx_edits = (
-                apply_edits(inputs, edit_list, entry.rtg_scale),
-                [],
-            )  # analyse the edited window
-            inputs_info["edits"] = f"applied before the analysis: {', '.join(str(e) for e in edit_list)}"
+        edit_list = list(edits or []) if plugin.needs_counterfactual or target == TARGET_EDITED else []
+        if plugin.category == "static" and not plugin.needs_counterfactual:
+            inputs, source = None, {"description": "none: the analysis reads the weights only"}
         else:
-            ctx_inputs, ctx_edits = inputs, []
-            inputs_info["edits"] = "none"
-
-        report(2, f"{STAGES[2]} {plugin.title} on {ctx_inputs.batch_size} window(s)")
-        with analysis_context(entry, ctx_inputs, ctx_edits, str(inputs_info["source"])) as context:
-            result = registry.run(plugin.id, context, params)
-
-        report(3, STAGES[3])
-        figures = registry.figures(plugin.id, result)
-        if not isinstance(figures, list) or not all(isinstance(f, go.Figure) for f in figures):
-            raise PluginError(f"plugin {plugin.id!r}: figures() must return a list of plotly Figures")
+            inputs, source = build_inputs(entry, load_episode(data), step, windows)
+        run = run_analysis(
+            entry.checkpoint,
+            inputs,
+            plugin,
+            params,
+            edit_list,
+            target=target,
+            source=source,
+            registry=registry,
+            contexts=lambda i, e: analysis_context(entry, i, e, str(source.get("description", ""))),
+            progress=progress,
+        )
         try:
-            out["result_json"] = json.dumps(result.to_json(), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            out["message"] = (
-                f"plugin {plugin.id!r}: its result is not JSON-serialisable ({exc}); no JSON download"
-            )
+            out["result_json"] = run.json_text()
+        except DtinterpError as exc:
+            out["message"] = f"{exc}; no JSON download"
         out.update(
             ok=True,
-            summary=result.summary,
-            figures=figures,
+            summary=run.summary,
+            figures=run.figures,
+            ran_on=ran_on_text(run.inputs_info),
             report={
                 "plugin": plugin.describe(),
-                "params": result.params,
-                "model_info": describe_model(str(entry.path), entry.model, entry.meta),
-                "inputs_info": inputs_info,
-                "summary": result.summary,
+                "params": run.result.params,
+                "model_info": run.model_info,
+                "inputs_info": run.inputs_info,
+                "summary": run.summary,
+                "provenance": run.provenance,
             },
         )
     except (DtinterpError, EnvSpecError) as exc:
@@ -269,11 +234,17 @@ def run_analysis(
     return out
 
 
-def report_html(report: Mapping[str, Any], figures: Sequence[Any]) -> str:
-    """The standalone HTML report (:func:`dtinterp.viz.report.render_report`) of a finished run.
+def ran_on_text(inputs_info: Mapping[str, Any]) -> str:
+    """One line naming exactly what a run analysed: windows, steps, clean or edited, and the edits."""
+    parts = [f"Ran on {inputs_info.get('runs on', '')}"]
+    for key in ("source", "episode", "steps", "edits"):
+        if inputs_info.get(key) not in (None, "", "none") or key == "edits":
+            parts.append(f"{key}: {inputs_info.get(key)}")
+    return " · ".join(parts)
 
-    ``figures`` are plotly Figures or their dicts (as the page's graphs hold them).
-    """
+
+def report_html(report: Mapping[str, Any], figures: Sequence[Any]) -> str:
+    """The standalone HTML report of a finished run (``figures``: plotly Figures or the page's dicts)."""
     figs = [f if isinstance(f, go.Figure) else go.Figure(f) for f in figures]
     return render_report(
         plugin=report["plugin"],
@@ -282,21 +253,28 @@ def report_html(report: Mapping[str, Any], figures: Sequence[Any]) -> str:
         inputs_info=report["inputs_info"],
         summary=report["summary"],
         figures=figs,
+        provenance=report.get("provenance"),
     )
 
 
 def target_text(
-    model: str, traj: dict[str, Any] | None, step: int | None, edits: Sequence[str] | None
+    model: str, data: Any, step: int | None, edits: Sequence[str] | None, windows: str, target: str
 ) -> str:
-    """One line saying what a run will use: model, trajectory, step and the Replay tab's edits."""
-    if traj is None:
-        return f"model {model} · no trajectory yet"
-    n_obs = len(traj.get("directions", []))
-    at = n_obs - 1 if step is None else step
+    """One line saying what a run will use: model, episode, step or windows, clean or edited, the edits."""
+    try:
+        episode = load_episode(data)
+    except DtinterpError as exc:
+        return f"model {model} · {exc}"
+    if episode is None:
+        return f"model {model} · no episode yet (static analyses need none)"
+    if windows == WINDOWS_EPISODE:
+        where = f"every taken step (0..{max(episode.length - 1, 0)}) of a {episode.length}-step episode"
+    else:
+        at = episode.n_obs - 1 if step is None else step
+        where = f"step {at} of a {episode.length}-step episode"
     e = ", ".join(edits) if edits else "none"
-    return (
-        f"model {model} · step {at} of a {len(traj.get('actions', []))}-step trajectory · Replay edits: {e}"
-    )
+    what = "edited windows" if target == TARGET_EDITED else "clean windows"
+    return f"model {model} · {where} · {what} · Replay edits: {e}"
 
 
 def file_stem(report: Mapping[str, Any]) -> str:
@@ -442,15 +420,16 @@ def register(app: Dash) -> None:
         Output(ids.ANALYSIS_PARAMS, "children"),
         Output(ids.ANALYSIS_USE_EDITS, "options"),
         Output(ids.ANALYSIS_USE_EDITS, "value"),
+        Output(ids.ANALYSIS_WINDOWS, "value"),
         Input(ids.ANALYSIS_SELECT, "value"),
     )
     def _plugin(plugin_id):
         if plugin_id is None:
-            return html.P("No analysis is installed.", className="hint"), [], no_update, no_update
+            return html.P("No analysis is installed.", className="hint"), [], no_update, no_update, no_update
         try:
             plugin = get_registry().get(plugin_id)
-        except PluginError as exc:
-            return html.P(str(exc), className="tab-message"), [], no_update, no_update
+        except DtinterpError as exc:
+            return html.P(str(exc), className="tab-message"), [], no_update, no_update, no_update
         cf = plugin.needs_counterfactual
         options = [
             {"label": "clean window", "value": TARGET_CLEAN, "disabled": cf},
@@ -461,8 +440,9 @@ def register(app: Dash) -> None:
                 "value": TARGET_EDITED,
             },
         ]
-        value = TARGET_EDITED if cf else no_update
-        return describe_plugin(plugin), controls.plugin_controls(plugin), options, value
+        # A new analysis starts from its own defaults: no choice made for another one carries over.
+        value = TARGET_EDITED if cf else TARGET_CLEAN
+        return describe_plugin(plugin), controls.plugin_controls(plugin), options, value, WINDOWS_STEP
 
     @app.callback(
         Output(ids.ANALYSIS_TARGET_INFO, "children"),
@@ -470,9 +450,11 @@ def register(app: Dash) -> None:
         Input(ids.TRAJ_STORE, "data"),
         Input(ids.STEP_STORE, "data"),
         Input(ids.EDITS_STORE, "data"),
+        Input(ids.ANALYSIS_WINDOWS, "value"),
+        Input(ids.ANALYSIS_USE_EDITS, "value"),
     )
-    def _target(model, traj, step, edits):
-        return "Runs on: " + target_text(model, traj, step, edits)
+    def _target(model, data, step, edits, windows, target):
+        return "Will run on: " + target_text(model, data, step, edits, windows, target)
 
     @app.callback(
         Output(ids.ANALYSIS_SUMMARY, "children"),
@@ -505,17 +487,17 @@ def register(app: Dash) -> None:
         cancel=[Input(ids.ANALYSIS_CANCEL, "n_clicks")],
         prevent_initial_call=True,
     )
-    def _run(set_progress, _n, plugin_id, param_ids, param_values, target, windows, model, traj, step, edits):
+    def _run(set_progress, _n, plugin_id, param_ids, param_values, target, windows, model, data, step, edits):
         def progress(i: int, text: str) -> None:
             set_progress((str(i + 1), f"{i + 1}/{len(STAGES)} {text}…"))
 
         raw = controls.raw_values(plugin_id, param_ids, param_values)
-        r = run_analysis(model, traj, step, plugin_id, raw, target, windows, edits, progress=progress)
+        r = run_in_app(model, data, step, plugin_id, raw, target, windows, edits, progress=progress)
         if not r["ok"]:
             return "", [], None, r["message"], True, True
-        graphs = [_figure_graph(i, f) for i, f in enumerate(r["figures"])]
+        graphs = [html.P(r["ran_on"], className="ran-on")] + [_figure_graph(i, f) for i, f in enumerate(r["figures"])]
         store = {"report": r["report"], "json": r["result_json"]}
-        summary = f"{r['summary']}\n({len(graphs)} figure(s) in {r['seconds']:.2f} s)"
+        summary = f"{r['summary']}\n({len(r['figures'])} figure(s) in {r['seconds']:.2f} s)"
         return summary, graphs, store, r["message"], False, r["result_json"] is None
 
     @app.callback(
@@ -556,10 +538,10 @@ __all__ = [
     "file_stem",
     "in_worker",
     "layout",
-    "parse_edit_strings",
     "plugin_options",
     "register",
     "report_html",
-    "run_analysis",
+    "ran_on_text",
+    "run_in_app",
     "target_text",
 ]

@@ -38,24 +38,6 @@ def control_id(plugin_id: str, name: str) -> dict[str, str]:
     return {"type": ids.ANALYSIS_PARAM_TYPE, "plugin": plugin_id, "name": name}
 
 
-def bounds_text(param: Param) -> str:
-    """The declaration's type with its bounds or choices, e.g. ``int in [2, 512]``."""
-    if param.choices is not None:
-        return f"one of {', '.join(str(c) for c in param.choices)}"
-    lo, hi = param.min, param.max
-    if lo is not None and hi is not None:
-        return f"{param.type} in [{_num(lo)}, {_num(hi)}]"
-    if lo is not None:
-        return f"{param.type} >= {_num(lo)}"
-    if hi is not None:
-        return f"{param.type} <= {_num(hi)}"
-    return param.type
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
 def initial_value(param: Param) -> Any:
     """The control's value for the parameter's default (what the browser would send back unchanged)."""
     if param.type == "bool":
@@ -102,7 +84,7 @@ def param_control(plugin_id: str, param: Param) -> html.Div:
             *label,
             _input(param, control_id(plugin_id, param.name)),
             html.Div(
-                [html.Span(param.help), html.Span(f" ({bounds_text(param)}; default {param.default})")],
+                [html.Span(param.help), html.Span(f" ({param.describe_type()}; default {param.default})")],
                 className="param-help",
             ),
         ],
@@ -133,10 +115,10 @@ def _from_control(plugin: Analysis, param: Param, value: Any) -> Any:
         # A number box sends null when it is empty or holds something the browser rejects
         # (text, a fraction in an int box, a value outside min/max).
         raise ParameterError(
-            f"plugin {plugin.id!r} parameter {param.name!r}: enter a valid number ({bounds_text(param)})"
+            f"plugin {plugin.id!r} parameter {param.name!r}: enter a valid number ({param.describe_type()})"
         )
     if param.type == "choice" and value is None:
-        raise ParameterError(f"plugin {plugin.id!r} parameter {param.name!r}: choose {bounds_text(param)}")
+        raise ParameterError(f"plugin {plugin.id!r} parameter {param.name!r}: choose {param.describe_type()}")
     if param.type == "str" and value is None:
         return ""
     return value
@@ -158,7 +140,6 @@ def values_from_controls(plugin: Analysis, raw: Mapping[str, Any]) -> dict[str, 
 
 __all__ = [
     "BOOL_ON",
-    "bounds_text",
     "control_id",
     "initial_value",
     "param_control",

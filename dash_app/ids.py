@@ -8,7 +8,8 @@ Shared stores (every tab may read them):
 
 - ``SESSION_STORE``: a uuid per browser tab, the key of every server-side per-user cache entry.
 - ``MODEL_STORE``: the key of the model the page works with (a shipped name or a checkpoint path).
-- ``TRAJ_STORE``: the current trajectory as JSON (see ``dash_app.state``), written by Play and Replay.
+- ``TRAJ_STORE``: the current episode as ``Episode.to_json()`` (``dtinterp.data.episode``), written by Play
+  and Replay.
 - ``STEP_STORE``: the step of the current trajectory that Replay and Analyses look at (int).
 - ``EDITS_STORE``: the Replay tab's token edits as a list of edit strings (``dtinterp.interp.edits``).
 
@@ -64,6 +65,8 @@ PLAY_STATUS = "play-status"
 PLAY_BANNER = "play-banner"
 PLAY_MESSAGE = "play-message"
 PLAY_ACTIONS_ROW = "play-actions-row"
+#: The keyboard help under the action buttons (only the env's own actions).
+PLAY_KEYS_HINT = "play-keys-hint"
 
 
 def play_action_button(action: int | str) -> str:

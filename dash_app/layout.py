@@ -13,7 +13,7 @@ from typing import Any
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from dash_app import analyses, history, ids, play, replay
-from dash_app.state import model_entry, new_session_id, shipped_names
+from dash_app.cache import model_entry, new_session_id, shipped_names
 from dtinterp.errors import DtinterpError
 from envs.errors import EnvSpecError
 
@@ -29,7 +29,7 @@ TABS = (
 def model_info(key: str) -> tuple[list[Any], str]:
     """``(info children, model card markdown)`` of a loaded model."""
     e = model_entry(key)
-    info = [html.B(key), html.Span(f" · {e.summary()}")]
+    info = [html.B(key), html.Span(f" · {e.checkpoint.summary()}")]
     return info, e.card() or "*This checkpoint has no model card (model_card.md).*"
 
 

@@ -1,73 +1,32 @@
 """The Play tab: play the model's env by hand or let the decision transformer act, step by step.
 
 Logic lives in plain functions (:func:`reset_episode`, :func:`take_action`, :func:`dt_step`,
-:func:`dt_run_to_end`, :func:`play_event`, :func:`play_view`) that tests call directly; the callbacks
-only unpack the browser's values and pass them on. The trajectory stays in the browser store; the env
-it is at lives in :data:`dash_app.state.ENVS` under this tab's session id.
+:func:`dt_run_to_end`, :func:`play_event`, :func:`play_view`) that tests call directly; the one callback
+decodes the page's episode once (:func:`dash_app.inputs.load_episode`), applies the event, and draws the
+tab from the result. The episode stays in the browser store; the env it is at lives in
+:data:`dash_app.cache.ENVS` under this tab's session id.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import math
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
-import plotly.graph_objects as go
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from dash_app import ids
-from dash_app.state import (
-    ENVS,
-    InputError,
-    ModelEntry,
-    action_probs,
-    check_traj,
-    encode_obs,
-    model_entry,
-    new_traj,
-    png_data_uri,
-    traj_return,
-    traj_rtg,
-    traj_spec,
-)
+from dash_app.cache import ENVS, ModelEntry, model_entry
+from dash_app.images import pov_image, world_image
+from dash_app.inputs import InputError, load_episode, parse_seed, parse_target
+from dash_app.widgets import action_chart
+from dtinterp.data.episode import Episode
 from dtinterp.errors import DtinterpError
 from envs.encoding import ACTION_NAMES, compact_obs
 from envs.errors import EnvSpecError
-from envs.render import render_pov, render_world
-from envs.spec import EnvSpec, make_env
+from envs.spec import env_facts, make_env
 
-#: Target returns the Play tab accepts (MiniGrid returns lie in [0, 1]; room to ask for the impossible).
-TARGET_RANGE = (-10.0, 10.0)
-MAX_SEED = 2**31 - 1
 #: Keys the keyboard script maps to actions (see assets/keyboard.js).
 KEYS = {"left": "←", "right": "→", "forward": "↑", "pickup": "p", "drop": "d", "toggle": "t", "done": ""}
-TILE = 32
-
-
-# ------------------------------------------------------------------ input parsing
-
-
-def parse_target(value: Any) -> float:
-    """The target return typed by the user: a finite number within :data:`TARGET_RANGE`."""
-    lo, hi = TARGET_RANGE
-    try:
-        x = float(str(value).strip())
-    except ValueError:
-        raise InputError(f"target return {value!r} is not a number") from None
-    if not math.isfinite(x) or not lo <= x <= hi:
-        raise InputError(f"target return {value!r} must be a finite number between {lo:g} and {hi:g}")
-    return x
-
-
-def parse_seed(value: Any) -> int:
-    """The env seed typed by the user: an integer in ``0 .. 2**31 - 1``."""
-    text = str(value).strip()
-    if not text.isdigit() or int(text) > MAX_SEED:
-        raise InputError(f"seed {value!r} must be an integer between 0 and {MAX_SEED}")
-    return int(text)
 
 
 # ------------------------------------------------------------------ episode logic
@@ -75,103 +34,92 @@ def parse_seed(value: Any) -> int:
 
 def n_env_actions(entry: ModelEntry) -> int:
     """Size of the action space of the model's env (the actions a person may take)."""
-    return _action_count(entry.spec.to_json())
+    return env_facts(entry.checkpoint.env_spec).n_actions
 
 
-@functools.lru_cache(maxsize=64)
-def _action_count(spec_json: str) -> int:
-    env = make_env(EnvSpec.from_dict(json.loads(spec_json)))
-    try:
-        return int(env.action_space.n)
-    finally:
-        env.close()
-
-
-def reset_episode(session: str, entry: ModelEntry, seed: int, target: float) -> dict[str, Any]:
+def reset_episode(session: str, entry: ModelEntry, seed: int, target: float) -> Episode:
     """A new live episode of the model's env reset with ``seed``, to be played at target return ``target``."""
-    env = make_env(entry.spec)
+    spec = entry.checkpoint.env_spec
+    env = make_env(spec)
     obs, _ = env.reset(seed=seed)
     grid, direction = compact_obs(obs)
-    traj = new_traj(entry.key, entry.spec, seed, target, grid, direction)
-    ENVS.checkin(session, traj, env)
-    return traj
+    episode = Episode(
+        env_spec=spec,
+        obs=grid[None],
+        directions=np.array([direction], dtype=np.uint8),
+        actions=np.zeros(0, dtype=np.uint8),
+        rewards=np.zeros(0, dtype=np.float32),
+        seed=seed,
+        target_return=float(target),
+        source="play",
+        info={"model": entry.key},
+    )
+    ENVS.checkin(session, episode, env)
+    return episode
 
 
-def _step(traj: dict[str, Any], env: gym.Env, action: int) -> dict[str, Any]:
-    """``traj`` after taking ``action`` in ``env`` (which is at the trajectory's current state)."""
-    obs, reward, terminated, truncated, _ = env.step(action)
-    done = bool(terminated or truncated)
-    reward = float(np.float32(reward))  # dataset precision, so a saved episode reloads identical
-    out = {**traj, "actions": [*traj["actions"], action], "rewards": [*traj["rewards"], reward]}
-    out["done"], out["terminated"] = done, bool(terminated)
-    if not done:
-        grid, direction = compact_obs(obs)
-        # W*H*3 bytes per grid is a multiple of 3, so base64 of the appended bytes appends exactly.
-        out["obs_b64"] = traj["obs_b64"] + encode_obs(grid[None])
-        out["directions"] = [*traj["directions"], direction]
-    return out
-
-
-def _check_live(traj: dict[str, Any]) -> None:
-    check_traj(traj)
-    if traj["done"]:
+def _check_live(episode: Episode) -> None:
+    if episode.done:
         raise InputError("the episode is over: press Reset to play a new one")
-    if traj["seed"] is None:
-        raise InputError("this trajectory has no env seed, so it cannot be continued: press Reset")
+    if episode.seed is None:
+        raise InputError("this episode has no env seed, so it cannot be continued: press Reset")
 
 
-def take_action(session: str, traj: dict[str, Any], action: int) -> dict[str, Any]:
-    """``traj`` after one action chosen by a person (any action of the env's action space)."""
-    _check_live(traj)
-    env = ENVS.checkout(session, traj)
+def take_action(session: str, episode: Episode, action: int) -> Episode:
+    """``episode`` after one action chosen by a person (any action of the env's action space)."""
+    _check_live(episode)
+    env = ENVS.checkout(session, episode)
     if not 0 <= action < int(env.action_space.n):
-        ENVS.checkin(session, traj, env)
-        raise InputError(f"action {ACTION_NAMES[action]!r} does not exist in {traj_spec(traj).env_id}")
-    traj = _step(traj, env, action)
-    ENVS.checkin(session, traj, env)
-    return traj
+        ENVS.checkin(session, episode, env)
+        raise InputError(f"action {ACTION_NAMES[action]!r} does not exist in {episode.env_spec.env_id}")
+    obs, reward, terminated, truncated, _ = env.step(action)
+    grid, direction = compact_obs(obs)
+    episode = episode.step(action, reward, grid, direction, terminated, truncated)
+    ENVS.checkin(session, episode, env)
+    return episode
 
 
-def dt_action(entry: ModelEntry, traj: dict[str, Any]) -> int:
-    """The model's greedy action at the trajectory's current state."""
-    return int(np.argmax(action_probs(entry, traj)))
+def dt_action(entry: ModelEntry, episode: Episode) -> int:
+    """The model's greedy action at the episode's current state."""
+    return int(np.argmax(entry.action_probs(episode, [episode.n_obs - 1])[0]))
 
 
-def dt_step(session: str, entry: ModelEntry, traj: dict[str, Any]) -> dict[str, Any]:
-    """``traj`` after one greedy action of the model."""
-    _check_live(traj)
-    return take_action(session, traj, dt_action(entry, traj))
+def dt_step(session: str, entry: ModelEntry, episode: Episode) -> Episode:
+    """``episode`` after one greedy action of the model."""
+    _check_live(episode)
+    return take_action(session, episode, dt_action(entry, episode))
 
 
-def dt_run_to_end(
-    session: str, entry: ModelEntry, traj: dict[str, Any], max_steps: int | None = None
-) -> dict[str, Any]:
-    """``traj`` after the model plays greedily until the episode ends (at most ``max_steps`` more actions).
+def dt_run_to_end(session: str, entry: ModelEntry, episode: Episode, max_steps: int | None = None) -> Episode:
+    """``episode`` after the model plays greedily until it ends (at most ``max_steps`` more actions).
 
     The default cap is the env's episode step limit, which ends every episode anyway.
     """
-    _check_live(traj)
-    env = ENVS.checkout(session, traj)
+    _check_live(episode)
+    env = ENVS.checkout(session, episode)
     try:
-        cap = int(env.unwrapped.max_steps) if max_steps is None else max_steps
+        cap = env_facts(episode.env_spec).max_steps if max_steps is None else max_steps
         for _ in range(cap):
-            if traj["done"]:
+            if episode.done:
                 break
-            traj = _step(traj, env, dt_action(entry, traj))
+            action = dt_action(entry, episode)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            grid, direction = compact_obs(obs)
+            episode = episode.step(action, reward, grid, direction, terminated, truncated)
     finally:
-        ENVS.checkin(session, traj, env)
-    return traj
+        ENVS.checkin(session, episode, env)
+    return episode
 
 
 def play_event(
     event: str | None,
     session: str,
     model: str,
-    traj: dict[str, Any] | None,
+    episode: Episode | None,
     seed: Any,
     target: Any,
-) -> tuple[dict[str, Any] | None, str]:
-    """What one Play tab event does: ``(new trajectory or None for unchanged, message)``.
+) -> tuple[Episode | None, str]:
+    """What one Play tab event does: ``(new episode or None for unchanged, message)``.
 
     ``event`` is the id of the triggering component (``None`` on page load). Reset, a model change and a
     page load start a new episode; an action button acts; the DT buttons let the model act; editing the
@@ -181,18 +129,17 @@ def play_event(
         entry = model_entry(model)
         if event == ids.PLAY_TARGET_RTG:
             value = parse_target(target)
-            if traj is None or traj["actions"]:
-                return None, "" if traj is None else "the new target return applies from the next reset"
-            check_traj(traj)
-            return {**traj, "target_rtg": value}, ""
-        if event in (None, ids.PLAY_RESET, ids.MODEL_STORE) or traj is None:
+            if episode is None or episode.length:
+                return None, "" if episode is None else "the new target return applies from the next reset"
+            return episode.with_target(value), ""
+        if event in (None, ids.PLAY_RESET, ids.MODEL_STORE) or episode is None:
             return reset_episode(session, entry, parse_seed(seed), parse_target(target)), ""
         if event in ids.PLAY_ACTION_BUTTONS:
-            return take_action(session, traj, ids.PLAY_ACTION_BUTTONS.index(event)), ""
+            return take_action(session, episode, ids.PLAY_ACTION_BUTTONS.index(event)), ""
         if event == ids.PLAY_DT_STEP:
-            return dt_step(session, entry, traj), ""
+            return dt_step(session, entry, episode), ""
         if event == ids.PLAY_DT_RUN:
-            return dt_run_to_end(session, entry, traj), ""
+            return dt_run_to_end(session, entry, episode), ""
         raise ValueError(f"unknown Play event {event!r}")
     except (DtinterpError, EnvSpecError) as exc:
         return None, str(exc)
@@ -201,86 +148,63 @@ def play_event(
 # ------------------------------------------------------------------ view
 
 
-def status_line(traj: dict[str, Any]) -> str:
+def status_line(episode: Episode) -> str:
     """Step, last reward, return so far and the RTG the model is conditioned on now."""
-    t = len(traj["actions"])
-    last = f"{traj['rewards'][-1]:.3f}" if t else "–"
+    t = episode.length
+    last = f"{float(episode.rewards[-1]):.3f}" if t else "–"
+    target = "achieved" if episode.target_return is None else f"{episode.target_return:g}"
+    rtg = (
+        f"RTG {episode.rtg(episode.n_obs - 1):.3f} (target {target})" if episode.live else f"target {target}"
+    )
     return (
-        f"step {t} · last reward {last} · return {traj_return(traj):.3f} · "
-        f"RTG {traj_rtg(traj, t):.3f} (target {traj['target_rtg']:g}) · seed {traj['seed']}"
+        f"step {t} · last reward {last} · return {episode.episode_return:.3f} · {rtg} · seed {episode.seed}"
     )
 
 
-def episode_banner(traj: dict[str, Any]) -> tuple[str, str]:
+def episode_banner(episode: Episode) -> tuple[str, str]:
     """``(text, css class)`` of the end-of-episode banner; empty text while the episode is live."""
-    if not traj["done"]:
+    if episode.live:
         return "", "banner hidden"
-    ret = traj_return(traj)
-    how = "terminated" if traj["terminated"] else "time limit reached"
-    if ret > 0:
-        return f"Episode over — success (return {ret:.3f}, {how})", "banner success"
-    return f"Episode over — failure (return {ret:.3f}, {how})", "banner failure"
-
-
-def probs_figure(probs: np.ndarray | None, title: str = "DT action probabilities") -> go.Figure:
-    """Bar chart of an action distribution, the most likely action highlighted."""
-    fig = go.Figure()
-    if probs is not None:
-        names = list(ACTION_NAMES[: len(probs)])
-        colors = ["#d62728" if i == int(np.argmax(probs)) else "#1f77b4" for i in range(len(probs))]
-        fig.add_bar(
-            x=names, y=probs, marker_color=colors, text=[f"{p:.2f}" for p in probs], textposition="outside"
-        )
-    fig.update_layout(
-        title=title,
-        yaxis={"range": [0, 1.1], "title": "probability"},
-        height=300,
-        margin={"l": 50, "r": 10, "t": 40, "b": 40},
-        template="plotly_white",
+    ret = episode.episode_return
+    how = "terminated" if episode.terminated else "time limit reached"
+    outcome = "success" if ret > 0 else "failure"
+    return (
+        f"Episode over — {outcome} (return {ret:.3f}, {how}). The world shows the final state; the agent's "
+        "view and the probabilities are those of the last decision.",
+        f"banner {outcome}",
     )
-    return fig
 
 
-def world_image(session: str, traj: dict[str, Any], n_actions: int | None = None) -> str | None:
-    """PNG data URI of the world after the first ``n_actions`` actions (default all), or None without a seed."""
-    if traj.get("seed") is None:
-        return None
-    env = ENVS.checkout(session, traj, n_actions)
-    try:
-        rgb = render_world(env, tile_size=TILE)
-    finally:
-        ENVS.checkin(session, traj, env, n_actions)
-    return png_data_uri(rgb)
+def play_view(session: str, entry: ModelEntry, episode: Episode | None) -> dict[str, Any]:
+    """Everything the Play tab shows for ``episode``: images, chart, status, banner and which buttons exist.
 
-
-def pov_image(obs: np.ndarray, direction: int) -> str:
-    """PNG data URI of one stored observation as the agent sees it."""
-    return png_data_uri(render_pov(obs, direction, tile_size=TILE, highlight=True))
-
-
-def play_view(session: str, model: str, traj: dict[str, Any] | None) -> dict[str, Any]:
-    """Everything the Play tab shows for ``traj``: images, chart, status, banner and which buttons exist."""
+    While the episode is live the chart shows the distribution at the current state; once it has ended,
+    the one of the last decision (the agent's view shows the observation it was made from).
+    """
+    names = entry.checkpoint.action_names
     view: dict[str, Any] = {
         "world": None,
         "pov": None,
         "probs": None,
+        "chart_title": "DT action probabilities",
         "status": "",
         "banner": ("", "banner hidden"),
-        "n_actions": len(ACTION_NAMES),
+        "n_actions": n_env_actions(entry),
+        "action_names": names,
         "message": "",
     }
+    if episode is None:
+        return view
     try:
-        entry = model_entry(model)
-        view["n_actions"] = n_env_actions(entry)
-        if traj is None:
-            return view
-        obs = check_traj(traj)
-        view["status"] = status_line(traj)
-        view["banner"] = episode_banner(traj)
-        view["pov"] = pov_image(obs[-1], traj["directions"][-1])
-        view["world"] = world_image(session, traj)
-        if not traj["done"]:
-            view["probs"] = action_probs(entry, traj)
+        view["status"] = status_line(episode)
+        view["banner"] = episode_banner(episode)
+        view["pov"] = pov_image(episode.obs[-1], int(episode.directions[-1]))
+        view["world"] = world_image(session, episode)
+        last = episode.n_obs - 1
+        view["probs"] = entry.action_probs(episode, [last])[0]
+        if episode.done:
+            chosen = ACTION_NAMES[int(episode.actions[last])]
+            view["chart_title"] = f"Last decision (step {last}): the model took {chosen}"
     except (DtinterpError, EnvSpecError) as exc:
         view["message"] = str(exc)
     return view
@@ -348,7 +272,7 @@ def layout() -> html.Div:
                     ),
                     dcc.Graph(
                         id=ids.PLAY_PROBS_GRAPH,
-                        figure=probs_figure(None),
+                        figure=action_chart(ACTION_NAMES, None),
                         config={"displayModeBar": False},
                         className="probs-graph",
                     ),
@@ -360,37 +284,24 @@ def layout() -> html.Div:
                 id=ids.PLAY_ACTIONS_ROW,
                 className="controls-row",
             ),
-            html.P(
-                "Keys: ← → turn, ↑ forward, p pickup, d drop, t toggle (not while typing in a field).",
-                className="hint",
-            ),
+            html.P(id=ids.PLAY_KEYS_HINT, className="hint"),
         ]
     )
 
 
+def keys_hint(n_actions: int) -> str:
+    """The keyboard help for the env's own actions."""
+    words = {"left": "turn left", "right": "turn right", "forward": "forward"}
+    parts = [f"{KEYS[a]} {words.get(a, a)}" for a in ACTION_NAMES[:n_actions] if KEYS.get(a)]
+    return "Keys: " + ", ".join(parts) + " (not while typing in a field)."
+
+
 def register(app: Dash) -> None:
-    """The Play tab's callbacks."""
+    """The Play tab's one callback: apply the event, then draw the tab (the episode is decoded once)."""
 
     @app.callback(
         Output(ids.TRAJ_STORE, "data"),
         Output(ids.PLAY_MESSAGE, "children"),
-        Input(ids.PLAY_RESET, "n_clicks"),
-        *[Input(b, "n_clicks") for b in ids.PLAY_ACTION_BUTTONS],
-        Input(ids.PLAY_DT_STEP, "n_clicks"),
-        Input(ids.PLAY_DT_RUN, "n_clicks"),
-        Input(ids.PLAY_TARGET_RTG, "value"),
-        Input(ids.MODEL_STORE, "data"),
-        State(ids.TRAJ_STORE, "data"),
-        State(ids.SESSION_STORE, "data"),
-        State(ids.PLAY_SEED, "value"),
-    )
-    def _on_event(*args: Any) -> tuple[Any, str]:
-        target, model, traj, session, seed = args[-5:]
-        event = ctx.triggered_id if ctx.triggered_id is not None and traj is not None else None
-        new, message = play_event(event, session, model, traj, seed, target)
-        return (no_update if new is None else new), message
-
-    @app.callback(
         Output(ids.PLAY_WORLD_IMG, "src"),
         Output(ids.PLAY_POV_IMG, "src"),
         Output(ids.PLAY_PROBS_GRAPH, "figure"),
@@ -400,15 +311,60 @@ def register(app: Dash) -> None:
         *[Output(b, "style") for b in ids.PLAY_ACTION_BUTTONS],
         Output(ids.PLAY_DT_STEP, "disabled"),
         Output(ids.PLAY_DT_RUN, "disabled"),
+        Output(ids.PLAY_KEYS_HINT, "children"),
+        Input(ids.PLAY_RESET, "n_clicks"),
+        *[Input(b, "n_clicks") for b in ids.PLAY_ACTION_BUTTONS],
+        Input(ids.PLAY_DT_STEP, "n_clicks"),
+        Input(ids.PLAY_DT_RUN, "n_clicks"),
+        Input(ids.PLAY_TARGET_RTG, "value"),
+        Input(ids.MODEL_STORE, "data"),
         Input(ids.TRAJ_STORE, "data"),
-        State(ids.MODEL_STORE, "data"),
+        Input(ids.TABS, "value"),
         State(ids.SESSION_STORE, "data"),
+        State(ids.PLAY_SEED, "value"),
     )
-    def _render(traj: dict[str, Any] | None, model: str, session: str) -> tuple[Any, ...]:
-        v = play_view(session, model, traj)
+    def _play(*args: Any) -> tuple[Any, ...]:
+        target, model, data, tab, session, seed = args[-6:]
+        n_out = 12 + len(ids.PLAY_ACTION_BUTTONS)
+        event = ctx.triggered_id
+        if event in (ids.TRAJ_STORE, ids.TABS) and tab != ids.TAB_PLAY:
+            return (no_update,) * n_out  # another tab changed the episode: redraw when Play is shown
+        try:
+            episode = load_episode(data)
+        except DtinterpError as exc:
+            episode, message = None, str(exc)
+        else:
+            message = ""
+        new = None
+        if event not in (ids.TRAJ_STORE, ids.TABS):
+            new, message = play_event(
+                event if data is not None else None, session, model, episode, seed, target
+            )
+        shown = new if new is not None else episode
+        try:
+            entry = model_entry(model)
+        except DtinterpError as exc:
+            return (no_update, str(exc), *(no_update,) * (n_out - 2))
+        v = play_view(session, entry, shown)
         text, cls = v["banner"]
         if v["message"]:
             text, cls = v["message"], "banner failure"
+        chart = action_chart(
+            v["action_names"], v["probs"], title=v["chart_title"], note="no episode" if shown is None else ""
+        )
         styles = [{} if i < v["n_actions"] else {"display": "none"} for i in range(len(ACTION_NAMES))]
-        over = traj is None or bool(traj.get("done"))
-        return (v["world"], v["pov"], probs_figure(v["probs"]), v["status"], text, cls, *styles, over, over)
+        over = shown is None or shown.done
+        return (
+            no_update if new is None else new.to_json(),
+            message,
+            v["world"],
+            v["pov"],
+            chart,
+            v["status"],
+            text,
+            cls,
+            *styles,
+            over,
+            over,
+            keys_hint(v["n_actions"]),
+        )

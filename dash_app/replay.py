@@ -1,9 +1,9 @@
-"""The Replay & interventions tab: load a trajectory, pick a step, edit the model's input tokens, and
+"""The Replay & interventions tab: load an episode, pick a step, edit the model's input tokens, and
 compare the predicted action before and after.
 
-A trajectory comes from an uploaded ``.npz`` (a trajectory file: a one-episode dataset; a larger dataset
+An episode comes from an uploaded ``.npz`` (a trajectory file: a one-episode dataset; a larger dataset
 works too, with the episode number), from an episode of a dataset on the server's disk, or from the Play
-tab. Loading one makes it the page's current trajectory (``ids.TRAJ_STORE``); the last played episode is
+tab. Loading one makes it the page's current episode (``ids.TRAJ_STORE``); the last played episode is
 kept aside (``ids.REPLAY_PLAYED_STORE``) and "Use the played episode" brings it back.
 
 Edits use the compact syntax of :mod:`dtinterp.interp.edits`, one per line (``R3=0.5``,
@@ -16,8 +16,8 @@ last state token. The step (``ids.STEP_STORE``) and the valid edits (``ids.EDITS
 Analyses tab uses.
 
 Logic lives in plain functions (:func:`load_upload`, :func:`load_dataset_episode`, :func:`parse_edits`,
-:func:`helper_edits`, :func:`predict_before_after`, :func:`replay_view`, :func:`traj_npz_bytes`); the
-callbacks only pass the browser's values through.
+:func:`helper_edits`, :func:`predict_before_after`, :func:`replay_view`, :func:`episode_npz_bytes`); the
+callbacks decode the page's episode once and pass the browser's values through.
 """
 
 from __future__ import annotations
@@ -30,24 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
 import torch
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from dash_app import ids
-from dash_app.history import step_slider, window_tokens
-from dash_app.play import pov_image
-from dash_app.state import (
-    InputError,
-    ModelEntry,
-    check_traj,
-    dataset_to_traj,
-    model_entry,
-    step_window,
-    traj_spec,
-    traj_to_dataset,
-)
+from dash_app.cache import ModelEntry, model_entry
+from dash_app.images import pov_image
+from dash_app.inputs import InputError, load_episode, parse_episode
+from dash_app.widgets import action_chart, step_slider, token_chips, token_legend, window_tokens
 from dtinterp.data.dataset import TrajectoryDataset, load_dataset, save_dataset
+from dtinterp.data.episode import Episode
 from dtinterp.errors import DtinterpError
 from dtinterp.interp.edits import (
     Edit,
@@ -65,45 +57,23 @@ from envs.errors import EnvSpecError
 
 #: Kinds of the helper rows (each has its own add button).
 HELPER_KINDS = ("rtg", "action", "cell", "direction")
-#: Colours of the before/after bars.
-BEFORE_COLOR, AFTER_COLOR = "#7f7f7f", "#d62728"
 #: An upload larger than this is refused before it is decoded (a trajectory file is a few kB, a
 #: collected dataset tens of MB).
 MAX_UPLOAD_BYTES = 256 * 2**20
 
 
-# ------------------------------------------------------------------ loading trajectories
+# ------------------------------------------------------------------ loading episodes
 
 
-def parse_episode(value: Any) -> int:
-    """The episode number typed by the user: a non-negative integer."""
-    text = "" if value is None else str(value).strip()
-    if not text.isdigit():
-        raise InputError(f"episode {value!r} must be a non-negative integer")
-    return int(text)
-
-
-def _check_model_env(ds: TrajectoryDataset, entry: ModelEntry, where: str) -> None:
-    if ds.env_spec != entry.spec:
-        raise InputError(
-            f"{where} was recorded in {ds.env_spec.to_json()} but the model {entry.key} plays "
-            f"{entry.spec.to_json()}"
-        )
-
-
-def _episode_traj(
-    ds: TrajectoryDataset, episode: int, entry: ModelEntry, where: str, source: str
-) -> dict[str, Any]:
+def _episode(ds: TrajectoryDataset, episode: int, entry: ModelEntry, where: str, source: str) -> Episode:
     if not 0 <= episode < ds.n_episodes:
         raise InputError(f"{where} has {ds.n_episodes} episode(s): episode {episode} does not exist")
-    _check_model_env(ds, entry, where)
-    return dataset_to_traj(ds, episode, entry.key, source=source)
+    entry.checkpoint.check_fits(ds.env_spec, tuple(ds.obs.shape[1:3]), where=where)
+    return Episode.from_dataset(ds, episode, source=source, where=where)
 
 
-def load_upload(
-    contents: str | None, filename: str | None, episode: Any, entry: ModelEntry
-) -> dict[str, Any]:
-    """The trajectory in an uploaded ``.npz`` (``contents`` is dcc.Upload's ``data:...;base64,...`` text).
+def load_upload(contents: str | None, filename: str | None, episode: Any, entry: ModelEntry) -> Episode:
+    """The episode in an uploaded ``.npz`` (``contents`` is dcc.Upload's ``data:...;base64,...`` text).
 
     A one-episode file is taken whole; a dataset with several episodes gives episode ``episode``. The
     file is read with :func:`~dtinterp.data.dataset.load_dataset` (no pickle, full validation); anything
@@ -130,91 +100,97 @@ def load_upload(
         except DtinterpError as exc:
             raise InputError(str(exc).replace(f"dataset {str(path)!r}", where)) from None
     ep = 0 if ds.n_episodes == 1 else parse_episode(episode)
-    return _episode_traj(ds, ep, entry, where, "file")
+    out = _episode(ds, ep, entry, where, "file")
+    out.info["file"] = name
+    return out
 
 
-def load_dataset_episode(path: Any, episode: Any, entry: ModelEntry) -> dict[str, Any]:
-    """Episode ``episode`` of the dataset file at ``path`` (on the server's disk) as a trajectory."""
+def load_dataset_episode(path: Any, episode: Any, entry: ModelEntry) -> Episode:
+    """Episode ``episode`` of the dataset file at ``path`` (on the server's disk)."""
     text = "" if path is None else str(path).strip()
     if not text:
         raise InputError("type the path of a dataset file (.npz) before pressing Load")
     ep = parse_episode(episode)
     ds = load_dataset(Path(text).expanduser())
-    return _episode_traj(ds, ep, entry, f"dataset {text!r}", "dataset")
+    out = _episode(ds, ep, entry, f"dataset {text!r}", "dataset")
+    out.info["dataset"] = str(Path(text).expanduser().resolve())
+    return out
 
 
 def load_event(
     event: Any,
     model: str,
-    traj: dict[str, Any] | None,
-    played: dict[str, Any] | None,
+    current: Episode | None,
+    played: Any,
     upload: str | None,
     filename: str | None,
     path: Any,
     episode: Any,
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str]:
-    """What one load button does: ``(new trajectory or None, played trajectory to keep, message)``.
+) -> tuple[Episode | None, Any, str]:
+    """What one load button does: ``(new episode or None, played episode JSON to keep, message)``.
 
-    Loading a file or a dataset episode keeps the current trajectory aside if it was played, so "Use the
+    Loading a file or a dataset episode keeps the current episode aside if it was played, so "Use the
     played episode" can bring it back. Bad input leaves everything as it was and says why.
     """
     try:
         entry = model_entry(model)
         if event == ids.REPLAY_USE_PLAYED:
-            if traj is not None and traj.get("source") == "play":
-                return None, played, "the current trajectory is the played episode"
+            if current is not None and current.source == "play":
+                return None, played, "the current episode is the played episode"
             if played is None:
                 raise InputError("no played episode to go back to: play one in the Play tab")
-            check_traj(played)
-            return played, played, ""
+            return Episode.from_json(played), played, ""
         if event == ids.REPLAY_UPLOAD:
             new = load_upload(upload, filename, episode, entry)
         elif event == ids.REPLAY_LOAD_DATASET:
             new = load_dataset_episode(path, episode, entry)
         else:
             raise ValueError(f"unknown Replay load event {event!r}")
-        keep = traj if traj is not None and traj.get("source") == "play" else played
+        keep = current.to_json() if current is not None and current.source == "play" else played
         return new, keep, ""
     except (DtinterpError, EnvSpecError) as exc:
         return None, played, str(exc)
 
 
-def source_text(traj: dict[str, Any] | None) -> str:
-    """One line on where the current trajectory came from and how long it is."""
-    if traj is None:
-        return "No trajectory yet: play one, upload a trajectory file or load a dataset episode."
+def source_text(episode: Episode | None) -> str:
+    """One line on where the current episode came from and how long it is."""
+    if episode is None:
+        return "No episode yet: play one, upload a trajectory file or load a dataset episode."
     where = {
         "play": "played in the Play tab",
-        "file": "uploaded file",
-        "dataset": "dataset episode",
+        "file": f"uploaded file {episode.info.get('file', '')}".strip(),
+        "dataset": f"episode {episode.info.get('episode_index', '?')} of {episode.info.get('dataset', 'a dataset')}",
         "rollout": "model rollout",
-    }.get(traj.get("source"), str(traj.get("source")))
-    n = len(traj.get("actions", []))
-    state = "finished" if traj.get("done") else "live"
-    seed = traj.get("seed")
+    }[episode.source]
+    state = "finished" if episode.done else "live"
+    seed = "unknown" if episode.seed is None else episode.seed
+    target = (
+        "achieved return-to-go"
+        if episode.target_return is None
+        else f"target return {episode.target_return:g}"
+    )
     return (
-        f"Current trajectory: {where} · {traj_spec(traj).env_id} · {n} steps ({state}) · "
-        f"return {sum(traj.get('rewards', [])):.3f} · target return {traj.get('target_rtg', 0):g} · "
-        f"env seed {'unknown' if seed is None else seed}"
+        f"Current episode: {where} · {episode.env_spec.env_id} · {episode.length} steps ({state}) · "
+        f"return {episode.episode_return:.3f} · conditioned on {target} · env seed {seed}"
     )
 
 
-def traj_npz_bytes(traj: dict[str, Any] | None) -> bytes:
-    """The trajectory's taken steps as the bytes of a trajectory file (a one-episode dataset ``.npz``)."""
-    if traj is None:
-        raise InputError("no trajectory to save")
-    ds = traj_to_dataset(traj)
+def episode_npz_bytes(episode: Episode | None) -> bytes:
+    """The episode's taken steps as the bytes of a trajectory file (a one-episode dataset ``.npz``)."""
+    if episode is None:
+        raise InputError("no episode to save")
+    ds = episode.to_dataset()
     with tempfile.TemporaryDirectory(prefix="dtinterp-save-") as tmp:
         path = Path(tmp) / "trajectory.npz"
         save_dataset(ds, path)
         return path.read_bytes()
 
 
-def save_filename(traj: dict[str, Any]) -> str:
-    """A descriptive file name for a downloaded trajectory."""
-    env = traj_spec(traj).env_id.replace("MiniGrid-", "").replace("-v0", "")
-    seed = "" if traj.get("seed") is None else f"-seed{traj['seed']}"
-    return f"trajectory-{env}{seed}-{len(traj['actions'])}steps.npz"
+def save_filename(episode: Episode) -> str:
+    """A descriptive file name for a downloaded episode."""
+    env = episode.env_spec.env_id.replace("MiniGrid-", "").replace("-v0", "")
+    seed = "" if episode.seed is None else f"-seed{episode.seed}"
+    return f"trajectory-{env}{seed}-{episode.length}steps.npz"
 
 
 # ------------------------------------------------------------------ edits
@@ -310,42 +286,13 @@ def predict_before_after(
     Returns ``(before [A], after [A] | None, edited inputs | None)``; an edit that does not fit the
     window is an :class:`~dtinterp.interp.edits.EditError`.
     """
-    edited = apply_edits(inputs, edits, entry.rtg_scale) if edits else None
+    edited = apply_edits(inputs, edits, entry.checkpoint.rtg_scale) if edits else None
     with entry.lock, torch.inference_mode():
         before = torch.softmax(entry.model(inputs)[0, -1].float(), -1).cpu().numpy()
         after = (
             None if edited is None else torch.softmax(entry.model(edited)[0, -1].float(), -1).cpu().numpy()
         )
     return before, after, edited
-
-
-def probs_chart(before: np.ndarray | None, after: np.ndarray | None) -> go.Figure:
-    """Grouped bar chart of the predicted action before and after the edits."""
-    fig = go.Figure()
-    for probs, name, color in (
-        (before, "before (clean)", BEFORE_COLOR),
-        (after, "after (edited)", AFTER_COLOR),
-    ):
-        if probs is not None:
-            fig.add_bar(
-                x=list(ACTION_NAMES[: len(probs)]),
-                y=probs,
-                name=name,
-                marker_color=color,
-                text=[f"{p:.2f}" for p in probs],
-                textposition="outside",
-            )
-    title = "Predicted action at the last state" + ("" if after is None else ": before and after the edits")
-    fig.update_layout(
-        title=title,
-        barmode="group",
-        yaxis={"range": [0, 1.15], "title": "probability"},
-        height=340,
-        margin={"l": 50, "r": 10, "t": 40, "b": 40},
-        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
-        template="plotly_white",
-    )
-    return fig
 
 
 def changed_tokens(clean: DTInputs, edited: DTInputs) -> list[bool]:
@@ -372,15 +319,17 @@ def _pov(obs: np.ndarray, direction: int) -> str | None:
         return None
 
 
-def replay_view(model: str, traj: dict[str, Any] | None, step: Any, edits_text: str | None) -> dict[str, Any]:
-    """Everything the tab shows for ``step`` of ``traj`` with the edits in ``edits_text``.
+def replay_view(
+    entry: ModelEntry, episode: Episode | None, step: Any, edits_text: str | None
+) -> dict[str, Any]:
+    """Everything the tab shows for ``step`` of ``episode`` with the edits in ``edits_text``.
 
     Keys: ``step`` (int or None), ``before``/``after`` (distributions or None), ``edits`` (the applied
-    edits as strings), ``tokens`` (dicts of :func:`dash_app.history.window_tokens`, edited values and
+    edits as strings), ``tokens`` (dicts of :func:`dash_app.widgets.window_tokens`, edited values and
     an ``edited`` flag), ``timesteps`` (the helper's ``(k, label)`` choices), ``pov``/``pov_edited``
     (PNG data URIs), ``grid`` (W, H), ``applied`` (the edits parsed and fit the window) and ``message``.
     Bad edits leave the window unedited (``before`` is still shown) and say why in ``message``; a bad
-    trajectory or step fills ``message`` only.
+    step fills ``message`` only.
     """
     view: dict[str, Any] = {
         "step": None,
@@ -395,25 +344,23 @@ def replay_view(model: str, traj: dict[str, Any] | None, step: Any, edits_text: 
         "applied": False,
         "message": "",
     }
-    if traj is None:
+    if episode is None:
         return view
     try:
-        entry = model_entry(model)
-        obs = check_traj(traj)
-        step = len(obs) - 1 if step is None else int(step)
-        if not 0 <= step < len(obs):
-            raise InputError(f"step {step} out of range 0..{len(obs) - 1}")
+        step = episode.n_obs - 1 if step is None else int(step)
+        if not 0 <= step < episode.n_obs:
+            raise InputError(f"step {step} out of range 0..{episode.n_obs - 1}")
         view["step"] = step
-        view["grid"] = tuple(int(s) for s in obs.shape[1:3])
-        view["pov"] = _pov(obs[step], traj["directions"][step])
-        inputs = step_window(traj, entry, step)
+        view["grid"] = tuple(int(s) for s in episode.obs.shape[1:3])
+        view["pov"] = _pov(episode.obs[step], int(episode.directions[step]))
+        inputs = episode.window(entry.checkpoint, step)
         K = inputs.context_len
         view["timesteps"] = [
             (k + 1, f"{k + 1} (step {int(inputs.timesteps[0, k])})")
             for k in range(K)
             if bool(inputs.pad_mask[0, k])
         ]
-        tokens = window_tokens(inputs, entry.rtg_scale)
+        tokens = window_tokens(inputs, entry.checkpoint.rtg_scale)
         view["tokens"] = [{**t, "edited": False} for t in tokens]
         try:
             edits = parse_edits(edits_text)
@@ -427,7 +374,7 @@ def replay_view(model: str, traj: dict[str, Any] | None, step: Any, edits_text: 
         view["edits"] = [str(e) for e in edits or []]
         if edited is not None:
             flags = changed_tokens(inputs, edited)
-            new_tokens = window_tokens(edited, entry.rtg_scale)
+            new_tokens = window_tokens(edited, entry.checkpoint.rtg_scale)
             view["tokens"] = [
                 {**new, "edited": flag, "clean_value": old["value"]}
                 for old, new, flag in zip(tokens, new_tokens, flags)
@@ -440,27 +387,6 @@ def replay_view(model: str, traj: dict[str, Any] | None, step: Any, edits_text: 
 
 
 # ------------------------------------------------------------------ layout
-
-
-def _token_chip(tok: dict[str, Any]) -> html.Div:
-    kind = tok["kind"].split("-")[0]
-    cls = (
-        f"token token-{kind}"
-        + (" token-pad" if tok["pad"] else "")
-        + (" token-edited" if tok["edited"] else "")
-    )
-    t = "" if tok["timestep"] is None else f"t={tok['timestep']}"
-    was = f" (was {tok['clean_value']})" if tok["edited"] and tok.get("clean_value") != tok["value"] else ""
-    return html.Div(
-        [
-            html.Div(tok["label"], className="token-label"),
-            html.Div(tok["value"], className="token-value"),
-            html.Div(t, className="token-time"),
-        ],
-        className=cls,
-        title=f"{tok['label']}: {tok['kind']} {tok['value']}{was} {t}".strip()
-        + (" — edited" if tok["edited"] else ""),
-    )
 
 
 def _dropdown(id_: str, names: tuple[str, ...], placeholder: str, width: str = "130px") -> dcc.Dropdown:
@@ -571,6 +497,7 @@ def layout() -> html.Div:
             html.Div(id=ids.REPLAY_MESSAGE, className="tab-message", role="alert"),
             html.H4("Step (the window ends here; its action is the one predicted)"),
             step_slider(ids.REPLAY_STEP_SLIDER),
+            token_legend(),
             html.Div(id=ids.REPLAY_TOKENS, className="tokens"),
             html.Div(
                 [
@@ -600,7 +527,9 @@ def layout() -> html.Div:
                         [
                             dcc.Graph(
                                 id=ids.REPLAY_PROBS_GRAPH,
-                                figure=probs_chart(None, None),
+                                figure=action_chart(
+                                    ACTION_NAMES, None, title="Predicted action at the last state"
+                                ),
                                 config={"displayModeBar": False},
                             ),
                             html.Div(
@@ -635,7 +564,7 @@ def _edits_list(edits: list[str]) -> Any:
 
 
 def register(app: Dash) -> None:
-    """The Replay tab's callbacks."""
+    """The Replay tab's callbacks: loading, the view (only while the tab is shown), saving."""
 
     @app.callback(
         Output(ids.TRAJ_STORE, "data", allow_duplicate=True),
@@ -653,28 +582,22 @@ def register(app: Dash) -> None:
         State(ids.REPLAY_PLAYED_STORE, "data"),
         prevent_initial_call=True,
     )
-    def _load(upload, _n_load, _n_played, filename, path, episode, model, traj, played):
+    def _load(upload, _n_load, _n_played, filename, path, episode, model, data, played):
         if ctx.triggered_id == ids.REPLAY_UPLOAD and not upload:
             return no_update, no_update, no_update, no_update  # the reset of the upload below
+        try:
+            current = load_episode(data)
+        except DtinterpError:
+            current = None
         new, keep, message = load_event(
-            ctx.triggered_id, model, traj, played, upload, filename, path, episode
+            ctx.triggered_id, model, current, played, upload, filename, path, episode
         )
-        return (no_update if new is None else new), keep, message, None
+        return (no_update if new is None else new.to_json()), keep, message, None
 
     @app.callback(
         Output(ids.REPLAY_STEP_SLIDER, "max"),
         Output(ids.REPLAY_STEP_SLIDER, "value"),
         Output(ids.REPLAY_SOURCE_INFO, "children"),
-        Input(ids.TRAJ_STORE, "data"),
-    )
-    def _steps(traj):
-        try:
-            last = len(check_traj(traj)) - 1 if traj is not None else 0
-            return last, last, source_text(traj)
-        except (DtinterpError, EnvSpecError) as exc:
-            return 0, 0, str(exc)
-
-    @app.callback(
         Output(ids.REPLAY_EDITS_TEXT, "value"),
         Output(ids.REPLAY_PROBS_GRAPH, "figure"),
         Output(ids.REPLAY_EDITS_LIST, "children"),
@@ -694,6 +617,7 @@ def register(app: Dash) -> None:
         Input({"type": ids.REPLAY_HELPER_ADD, "kind": ALL}, "n_clicks"),
         Input(ids.TRAJ_STORE, "data"),
         Input(ids.MODEL_STORE, "data"),
+        Input(ids.TABS, "value"),
         State(ids.REPLAY_EDITS_TEXT, "value"),
         State(ids.REPLAY_HELPER_TOKEN, "value"),
         State(ids.REPLAY_HELPER_RTG, "value"),
@@ -707,9 +631,36 @@ def register(app: Dash) -> None:
         prevent_initial_call="initial_duplicate",
     )
     def _view(
-        step, _apply, _clear, _adds, traj, model, text, k, rtg, action, x, y, obj, colour, state, direction
+        step,
+        _apply,
+        _clear,
+        _adds,
+        data,
+        model,
+        tab,
+        text,
+        k,
+        rtg,
+        action,
+        x,
+        y,
+        obj,
+        colour,
+        state,
+        direction,
     ):
         event = ctx.triggered_id
+        try:
+            episode = load_episode(data)
+            entry = model_entry(model)
+        except DtinterpError as exc:
+            return 0, 0, str(exc), *(no_update,) * 12, str(exc)
+        last = 0 if episode is None else episode.n_obs - 1
+        if event in (ids.TRAJ_STORE, ids.MODEL_STORE) or step is None or step > last:
+            step = last  # a new episode: look at its latest step
+        if tab != ids.TAB_REPLAY:
+            # Hidden: keep the step in range and tell the Analyses tab, but draw nothing.
+            return last, step, source_text(episode), *(no_update,) * 10, step, no_update, no_update
         helper_message = ""
         if event == ids.REPLAY_EDIT_CLEAR:
             text = ""
@@ -725,22 +676,36 @@ def register(app: Dash) -> None:
                 "direction": direction,
             }
             try:
-                context_len = model_entry(model).model.cfg.context_len
                 text = append_lines(
-                    text, helper_edits(event["kind"], "*" if k is None else k, values, context_len)
+                    text,
+                    helper_edits(
+                        event["kind"], "*" if k is None else k, values, entry.checkpoint.context_len
+                    ),
                 )
             except (DtinterpError, EnvSpecError) as exc:
                 helper_message = str(exc)
-        v = replay_view(model, traj, step, text)
+        v = replay_view(entry, episode, step, text)
         timestep_opts = [{"label": "all (R only)", "value": "*"}] + [
             {"label": label, "value": k_} for k_, label in v["timesteps"]
         ]
         W, H = v["grid"] or (0, 0)
+        chart = action_chart(
+            entry.checkpoint.action_names,
+            v["before"],
+            v["after"],
+            title="Predicted action at the last state"
+            + ("" if v["after"] is None else ": before and after the edits"),
+            note="no episode" if episode is None else "",
+            height=340,
+        )
         return (
+            last,
+            step,
+            source_text(episode),
             text,
-            probs_chart(v["before"], v["after"]),
+            chart,
             _edits_list(v["edits"]) if v["applied"] else html.P("No edits applied.", className="hint"),
-            [_token_chip(t) for t in v["tokens"]],
+            token_chips(v["tokens"]),
             v["pov"],
             v["pov_edited"],
             {} if v["pov_edited"] else {"display": "none"},
@@ -759,30 +724,29 @@ def register(app: Dash) -> None:
         State(ids.TRAJ_STORE, "data"),
         prevent_initial_call=True,
     )
-    def _save(_n, traj):
+    def _save(_n, data):
         try:
-            data = traj_npz_bytes(traj)
+            episode = load_episode(data)
+            payload = episode_npz_bytes(episode)
         except (DtinterpError, EnvSpecError) as exc:
             return no_update, f"Not saved: {exc}"
-        return dcc.send_bytes(data, save_filename(traj)), ""
+        return dcc.send_bytes(payload, save_filename(episode)), ""
 
 
 __all__ = [
     "HELPER_KINDS",
     "append_lines",
     "changed_tokens",
+    "episode_npz_bytes",
     "helper_edits",
     "layout",
     "load_dataset_episode",
     "load_event",
     "load_upload",
     "parse_edits",
-    "parse_episode",
     "predict_before_after",
-    "probs_chart",
     "register",
     "replay_view",
     "save_filename",
     "source_text",
-    "traj_npz_bytes",
 ]

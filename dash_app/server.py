@@ -16,7 +16,7 @@ import dash
 import diskcache
 
 from dash_app import layout
-from dash_app.state import default_model_key, model_entry
+from dash_app.cache import default_model_key, model_entry
 from dtinterp.errors import DtinterpError
 
 ASSETS = Path(__file__).resolve().parent / "assets"

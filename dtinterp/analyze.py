@@ -1,42 +1,34 @@
 """``dtinterp analyze``: run one analysis plugin on a checkpoint and write a standalone HTML report.
 
-Inputs come from exactly one source: ``--trajectory FILE`` (a one-episode dataset file, one window at
+Inputs come from at most one source: ``--trajectory FILE`` (a one-episode dataset file, one window at
 ``--step``), ``--data FILE --episodes N`` (windows ending at every step of the first N episodes, capped
 by ``--max-windows``) or ``--rollout --rtg R --seed S`` (play one greedy episode now, one window at
-``--step``). ``--edit`` builds the counterfactual, ``--param key=value`` sets the plugin's parameters.
-Every argument is checked before any work and nothing is written unless the whole run succeeds; the
-report and the optional result JSON are written atomically. Status lines go to stderr.
+``--step``); a static analysis (weights only) needs none. ``--edit`` builds the counterfactual,
+``--param key=value`` sets the plugin's parameters. The run itself is
+:func:`dtinterp.plugins.run.run_analysis`, the same as in the app. Every argument is checked before any
+work and nothing is written unless the whole run succeeds; the report and the optional result JSON
+(with the run's provenance) are written atomically. Status lines go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
-import plotly.graph_objects as go
-
 from dtinterp.data.dataset import load_dataset
-from dtinterp.errors import DtinterpError
+from dtinterp.data.episode import Episode, dataset_targets, dataset_windows
+from dtinterp.errors import DtinterpError, EpisodeError
 from dtinterp.interp.edits import parse_edit
-from dtinterp.interp.trajectory import (
-    TrajectoryError,
-    episode_window,
-    episode_windows,
-    model_env_spec,
-    recorded_target_rtg,
-    rollout_trajectory,
-)
-from dtinterp.model.checkpoint import atomic_write_text, load_checkpoint
-from dtinterp.model.hooked_dt import HookedDecisionTransformer
+from dtinterp.model.checkpoint import Checkpoint, atomic_write_text, load_checkpoint
 from dtinterp.model.inputs import DTInputs
-from dtinterp.plugins.api import Analysis, AnalysisContext, Param, PluginError
+from dtinterp.play.rollout import play_episode
+from dtinterp.plugins.api import PluginError
 from dtinterp.plugins.registry import Registry, get_registry
-from dtinterp.viz.report import render_report
+from dtinterp.plugins.run import run_analysis
 
 INPUT_FLAGS = "--trajectory FILE [--step T], --data FILE --episodes N, or --rollout --rtg R --seed S"
 
@@ -56,47 +48,44 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     registry = get_registry()
     plugin = registry.get(args.analysis)
-    params = plugin.resolve_params(raw_params)
+    plugin.resolve_params(raw_params)  # every parameter is checked before the model is loaded
     if plugin.needs_counterfactual and not edits:
         raise PluginError(
             f"analysis {plugin.id!r} compares against a counterfactual: give at least one --edit"
         )
+    if plugin.category != "static" and not _sources(args):
+        raise DtinterpError(f"analysis {plugin.id!r} runs on windows: give {INPUT_FLAGS}")
 
     _status(f"loading model {args.model_dir}")
-    model, meta = load_checkpoint(args.model_dir, device=args.device)
-    inputs, inputs_info = build_inputs(args, model, meta)
-    inputs_info["edits"] = [str(e) for e in edits] or "none"
-    ctx = AnalysisContext(model, inputs, meta, edits, description=str(inputs_info["source"]))
-
-    _status(f"running {plugin.id} on {inputs.batch_size} window(s) of {inputs.context_len} timesteps")
-    result = registry.run(plugin.id, ctx, params)
-    figures = registry.figures(plugin.id, result)
-    _check_figures(plugin, figures)
-
-    _status(f"writing {len(figures)} figure(s)")
-    html = render_report(
-        plugin=plugin.describe(),
-        params=result.params,
-        model_info=describe_model(args.model_dir, model, meta),
-        inputs_info=inputs_info,
-        summary=result.summary,
-        figures=figures,
+    ckpt = load_checkpoint(args.model_dir, device=args.device)
+    inputs, source = build_inputs(args, ckpt)
+    what = (
+        "weights only"
+        if inputs is None
+        else f"{inputs.batch_size} window(s) of {inputs.context_len} timesteps"
     )
-    outputs = [("--out", args.out, html)]
+    _status(f"running {plugin.id} on {what}")
+    run = run_analysis(ckpt, inputs, plugin, raw_params, edits, source=source, registry=registry)
+
+    _status(f"writing {len(run.figures)} figure(s)")
+    outputs = [("--out", args.out, run.report_html())]
     if args.json:
-        try:
-            outputs.append(("--json", args.json, json.dumps(result.to_json(), allow_nan=False) + "\n"))
-        except (TypeError, ValueError) as exc:
-            raise PluginError(f"plugin {plugin.id!r}: its result is not JSON-serialisable ({exc})") from None
+        outputs.append(("--json", args.json, run.json_text()))
     for flag, path, text in outputs:  # everything is rendered before the first byte is written
         try:
             atomic_write_text(path, text)
         except OSError as exc:
             raise DtinterpError(f"cannot write {flag} {path!r}: {exc.strerror or exc}") from None
         print(f"wrote {path}")
-    if result.summary:
-        print(result.summary)
+    if run.summary:
+        print(run.summary)
     return 0
+
+
+def _sources(args: argparse.Namespace) -> list[str]:
+    return [
+        s for s, on in (("trajectory", args.trajectory), ("data", args.data), ("rollout", args.rollout)) if on
+    ]
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -114,11 +103,14 @@ def _check_args(args: argparse.Namespace) -> None:
             _check_out(flag, Path(path))
     if args.json is not None and Path(args.json).resolve() == Path(args.out).resolve():
         raise DtinterpError(f"--json and --out name the same file {args.out!r}")
-    sources = [
-        s for s, on in (("trajectory", args.trajectory), ("data", args.data), ("rollout", args.rollout)) if on
-    ]
-    if not sources:
-        raise DtinterpError(f"analyze needs inputs: give {INPUT_FLAGS}")
+    sources = _sources(args)
+    if not sources:  # a static analysis runs on the checkpoint alone; others are refused once the id is known
+        stray = [f for f, v in (("--step", args.step), ("--episodes", args.episodes),
+                                ("--max-windows", args.max_windows), ("--rtg", args.rtg), ("--seed", args.seed))
+                 if v is not None]  # fmt: skip
+        if stray:
+            raise DtinterpError(f"{stray[0]} needs an input source ({INPUT_FLAGS})")
+        return
     if len(sources) > 1:
         raise DtinterpError(f"give one input source, not {' and '.join('--' + s for s in sources)}")
     source = sources[0]
@@ -165,86 +157,57 @@ def parse_params(items: list[str]) -> dict[str, str]:
     return out
 
 
-def build_inputs(
-    args: argparse.Namespace, model: HookedDecisionTransformer, meta: dict[str, Any]
-) -> tuple[DTInputs, dict[str, Any]]:
-    """The analysis inputs named by the input flags, and a description of them for the report."""
-    rtg_scale = float(meta.get("rtg_scale", 1.0))
+def build_inputs(args: argparse.Namespace, ckpt: Checkpoint) -> tuple[DTInputs | None, dict[str, Any]]:
+    """The windows named by the input flags (None without any: a static analysis), and their provenance."""
     if args.data is not None:
         ds = load_dataset(args.data)
-        spec = model_env_spec(meta)
         where = f"dataset {args.data!r}"
         if args.episodes > ds.n_episodes:
-            raise TrajectoryError(
+            raise EpisodeError(
                 f"{where} has {ds.n_episodes} episodes; --episodes {args.episodes} is too many"
             )
-        episodes = list(range(args.episodes))
         max_windows = 256 if args.max_windows is None else args.max_windows
         _status(f"building windows from {args.episodes} episode(s) of {args.data}")
-        inputs = episode_windows(ds, episodes, model, rtg_scale, max_windows, spec, where)
+        inputs, ends = dataset_windows(ds, list(range(args.episodes)), ckpt, max_windows, where)
         n_steps = int(ds.episode_lengths()[: args.episodes].sum())
-        ends = "every step" if inputs.batch_size == n_steps else "evenly spaced steps"
+        every = "every step" if inputs.batch_size == n_steps else f"{inputs.batch_size} evenly spaced steps"
         return inputs, {
-            "source": f"dataset {args.data}",
-            "env": spec.to_json(),
+            "description": f"dataset {args.data}, windows at {every}",
+            "dataset": str(Path(args.data).resolve()),
+            "dataset_sha256": ds.fingerprint()["sha256"],
             "episodes": f"0..{args.episodes - 1} ({n_steps} steps)",
-            "windows": f"{inputs.batch_size}, ending at {ends}",
-            "return-to-go": "achieved return of each episode",
+            "steps": [f"{e}:{t}" for e, t in ends],
+            "conditioning": "recorded target returns"
+            if any(t is not None for t in dataset_targets(ds))
+            else "the achieved return-to-go of each episode",
         }
     if args.trajectory is not None:
         ds = load_dataset(args.trajectory)
         where = f"trajectory {args.trajectory!r}"
         if ds.n_episodes != 1:
-            raise TrajectoryError(
+            raise EpisodeError(
                 f"{where} holds {ds.n_episodes} episodes; a trajectory file holds one "
                 "(use --data FILE --episodes N for a dataset)"
             )
-        source = f"trajectory {args.trajectory}"
-    else:
+        episode = Episode.from_dataset(ds, 0, source="file", where=where)
+        episode.info["file"] = str(Path(args.trajectory).resolve())
+        description = f"trajectory {args.trajectory}"
+    elif args.rollout:
         seed = 0 if args.seed is None else args.seed
         _status(f"playing one episode at target return {args.rtg:g}, env seed {seed}")
-        ds = rollout_trajectory(model, meta, args.rtg, seed, progress=True)
-        where = "the rollout"
-        source = f"rollout at target return {args.rtg:g}, env seed {seed}"
-    spec = model_env_spec(meta)
-    length = int(ds.episode_lengths()[0])
-    step = length - 1 if args.step is None else args.step
-    inputs = episode_window(ds, 0, step, model, rtg_scale, spec, where)
-    target = recorded_target_rtg(ds, 0)
-    return inputs, {
-        "source": source,
-        "env": spec.to_json(),
-        "episode": f"{length} steps, return {float(ds.episode_returns()[0]):.4g}",
-        "step": f"{step} (the window ends here; its action is the one predicted)",
-        "return-to-go": "achieved return" if target is None else f"target {target:g} minus rewards so far",
+        episode = play_episode(ckpt, args.rtg, seed, progress=True)
+        description = f"rollout at target return {args.rtg:g}, env seed {seed}"
+    else:
+        return None, {"description": "none: the analysis reads the weights only"}
+    step = episode.length - 1 if args.step is None else args.step
+    if not 0 <= step < episode.length:
+        raise EpisodeError(f"--step {step} is outside the episode's steps 0..{episode.length - 1}")
+    return episode.window(ckpt, step), {
+        "description": description,
+        "episode": episode.provenance(),
+        "steps": [step],
+        "conditioning": episode.conditioning(),
     }
-
-
-def describe_model(model_dir: str, model: HookedDecisionTransformer, meta: dict[str, Any]) -> dict[str, Any]:
-    """Name -> value description of a loaded checkpoint for the report."""
-    info: dict[str, Any] = {
-        "checkpoint": str(Path(model_dir).resolve()),
-        "env": json.dumps(meta.get("env_spec")) if "env_spec" in meta else "not recorded",
-        "config": model.cfg.to_dict(),
-        "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
-        "rtg_scale": meta.get("rtg_scale", 1.0),
-    }
-    for key in ("step", "dataset", "results"):
-        if key in meta:
-            info[key] = meta[key]
-    return info
-
-
-def _check_figures(plugin: Analysis, figures: Any) -> None:
-    if not isinstance(figures, list) or not all(isinstance(f, go.Figure) for f in figures):
-        kinds = (
-            sorted({type(f).__name__ for f in figures})
-            if isinstance(figures, list)
-            else [type(figures).__name__]
-        )
-        raise PluginError(
-            f"plugin {plugin.id!r}: figures() must return a list of plotly Figures, got {kinds}"
-        )
 
 
 def format_plugin_list(registry: Registry, width: int = 100) -> str:
@@ -264,7 +227,7 @@ def format_plugin_list(registry: Registry, width: int = 100) -> str:
             lines.append(f"  {p.id:<28} {p.title}{flag}")
             lines.extend(wrap(p.description, 6))
             for q in p.parameters:
-                lines.append(f"      --param {q.name}={q.default}  ({_param_kind(q)})")
+                lines.append(f"      --param {q.name}={q.default}  ({q.describe_type()})")
                 lines.extend(wrap(q.help, 10))
     if registry.failures:
         lines.append("failed plugins (skipped):")
@@ -272,16 +235,4 @@ def format_plugin_list(registry: Registry, width: int = 100) -> str:
     return "\n".join(lines)
 
 
-def _param_kind(p: Param) -> str:
-    if p.choices is not None:
-        return f"{p.type}: {' | '.join(str(c) for c in p.choices)}"
-    if p.min is not None and p.max is not None:
-        return f"{p.type} in [{p.min}, {p.max}]"
-    if p.min is not None:
-        return f"{p.type} >= {p.min}"
-    if p.max is not None:
-        return f"{p.type} <= {p.max}"
-    return p.type
-
-
-__all__ = ["build_inputs", "cmd_analyze", "describe_model", "format_plugin_list", "parse_params"]
+__all__ = ["build_inputs", "cmd_analyze", "format_plugin_list", "parse_params"]

@@ -3,6 +3,10 @@
 Argument parsing lives here; each command's work lives in the layer it belongs to and is imported
 lazily, so ``dtinterp data info`` never pays for importing torch or TransformerLens.
 User errors (:class:`~dtinterp.errors.DtinterpError`, bad env specs) print one line on stderr and exit 2.
+
+Sub-commands of other packages come in through the entry-point group ``dtinterp.commands``: each entry
+point names a :class:`Command` (its name, help, arguments and a lazily imported handler). The web app
+registers ``dtinterp app`` this way, so the library never names the app.
 """
 
 from __future__ import annotations
@@ -10,7 +14,24 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+
+#: Entry-point group of sub-commands contributed by other packages.
+COMMANDS_GROUP = "dtinterp.commands"
+
+
+@dataclass(frozen=True)
+class Command:
+    """A sub-command contributed through :data:`COMMANDS_GROUP`."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    """Declares the command's arguments (cheap: no heavy imports)."""
+    handler: str
+    """``"module:function"`` taking the parsed args and returning an exit code, imported when run."""
 
 # command name -> "module:function" taking the parsed args and returning an exit code
 _COMMANDS = {
@@ -21,7 +42,6 @@ _COMMANDS = {
     "calibrate": "dtinterp.train.calibrate:cmd_calibrate",
     "models": "dtinterp.model.shipped:cmd_models",
     "analyze": "dtinterp.analyze:cmd_analyze",
-    "app": "dash_app.server:cmd_app",
 }
 
 
@@ -136,14 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", default="cpu")
     a.set_defaults(command_key="analyze")
 
-    w = sub.add_parser("app", help="serve the web app (play, history, replay & interventions, analyses)")
-    w.add_argument(
-        "--model", default=None, help="shipped model name or checkpoint directory (default memory-s7)"
-    )
-    w.add_argument("--port", type=int, default=8050)
-    w.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
-    w.set_defaults(command_key="app")
+    for command in contributed_commands():
+        c = sub.add_parser(command.name, help=command.help)
+        command.add_arguments(c)
+        c.set_defaults(command_key=command.name, handler=command.handler)
     return p
+
+
+def contributed_commands() -> list[Command]:
+    """The :class:`Command` objects registered under :data:`COMMANDS_GROUP` (broken ones are skipped)."""
+    out = []
+    for ep in entry_points(group=COMMANDS_GROUP):
+        try:
+            command = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken package must not take the CLI down
+            print(f"dtinterp: warning: command {ep.name!r} could not be loaded: {exc}", file=sys.stderr)
+            continue
+        if isinstance(command, Command) and command.name not in _COMMANDS:
+            out.append(command)
+    return sorted(out, key=lambda c: c.name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from envs.errors import EnvSpecError
 
     args = build_parser().parse_args(argv)
-    module_name, func_name = _COMMANDS[args.command_key].split(":")
+    module_name, func_name = (getattr(args, "handler", None) or _COMMANDS[args.command_key]).split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     try:
         return int(func(args) or 0)

@@ -19,3 +19,7 @@ class CheckpointError(DtinterpError):
 
 class ConfigError(DtinterpError):
     """A configuration file or value is invalid."""
+
+
+class EpisodeError(DtinterpError):
+    """An episode, a step of it, or its JSON form is invalid or does not fit the model."""

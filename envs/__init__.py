@@ -23,7 +23,8 @@ from envs.errors import EnvSpecError
 from envs.experts import make_expert
 from envs.policies import POLICY_NAMES, Policy, make_policy
 from envs.render import render_pov, render_world
-from envs.spec import EnvSpec, make_env, make_vector_env, obs_shape
+from envs.replay import ReplayMismatch, replays, resimulate
+from envs.spec import EnvFacts, EnvSpec, env_facts, make_env, make_vector_env, obs_shape
 
 __all__ = [
     "CHANNEL_NAMES",
@@ -36,11 +37,14 @@ __all__ = [
     "N_STATES",
     "OBJECT_NAMES",
     "STATE_NAMES",
+    "EnvFacts",
     "EnvSpec",
     "EnvSpecError",
     "POLICY_NAMES",
     "Policy",
+    "ReplayMismatch",
     "compact_obs",
+    "env_facts",
     "from_one_hot",
     "make_env",
     "make_expert",
@@ -50,4 +54,6 @@ __all__ = [
     "one_hot",
     "render_pov",
     "render_world",
+    "replays",
+    "resimulate",
 ]

@@ -9,6 +9,7 @@ envs of this package are registered on ``import envs``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,9 +124,28 @@ def obs_shape(spec: EnvSpec) -> tuple[int, int, int]:
     """(W, H, 3) of the compact observation grid for ``spec`` (indexed [x, y, channel])."""
     if not spec.fully_observed:
         return (spec.view_size, spec.view_size, 3)
+    return env_facts(spec).obs_shape
+
+
+@dataclass(frozen=True)
+class EnvFacts:
+    """What a model needs to know about an env: its observation grid, actions and episode length."""
+
+    obs_shape: tuple[int, int, int]
+    """(W, H, 3) of the compact observation grid."""
+    n_actions: int
+    """Size of the action space (MiniGrid has 7; Dynamic-Obstacles 3)."""
+    max_steps: int
+    """Episode step limit (the spec's override, else the env's own)."""
+
+
+@functools.lru_cache(maxsize=64)
+def env_facts(spec: EnvSpec) -> EnvFacts:
+    """The :class:`EnvFacts` of ``spec``, read once from a constructed env and cached per spec."""
     env = make_env(spec)
     try:
-        base = env.unwrapped
-        return (base.width, base.height, 3)
+        grid = env.observation_space["image"].shape
+        max_steps = spec.max_steps if spec.max_steps is not None else int(env.unwrapped.max_steps)
+        return EnvFacts(tuple(int(v) for v in grid), int(env.action_space.n), int(max_steps))
     finally:
         env.close()

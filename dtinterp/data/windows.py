@@ -1,15 +1,25 @@
-"""Return-to-go and the training windows a decision transformer sees.
+"""Return-to-go and the context windows a decision transformer sees: the one window builder.
 
 A *window* holds the K timesteps ``max(0, t-K+1) .. t`` of one episode, ending at step ``t`` (whose
 action is the one predicted). Windows shorter than K (near an episode's start) are padded on the left:
 padded timesteps have ``pad_mask`` False, observation 0, direction 0, RTG 0, timestep 0 and the pad
 action ``n_actions`` (an id no real action has).
 
-Everything here works on plain numpy arrays: the dataset only needs ``obs [N, W, H, 3]``,
-``directions [N]``, ``actions [N]``, ``rewards [N]`` and ``episode_starts [E+1]`` (step ``i`` of the
-flat arrays belongs to episode ``e`` iff ``episode_starts[e] <= i < episode_starts[e+1]``). Windows are
-gathered with numpy fancy indexing, one gather per field for the whole batch, and converted to tensors
-without copying, since data loading sits in the training loop's hot path.
+:func:`gather_windows` builds every window in the package: training batches (:class:`WindowSampler`),
+windows at chosen steps of a dataset or an episode (:func:`make_batch`, used by
+:meth:`dtinterp.data.episode.Episode.windows`), and the windows fed to the model while it plays
+(:mod:`dtinterp.play.rollout` keeps the played steps in flat arrays and gathers from them).
+
+Everything here works on plain numpy arrays: the data only needs ``obs [N, W, H, 3]``,
+``directions [N]``, ``actions [N]`` (and, for :func:`make_batch`, ``rewards [N]`` and
+``episode_starts [E+1]``: step ``i`` of the flat arrays belongs to episode ``e`` iff
+``episode_starts[e] <= i < episode_starts[e+1]``). Windows are gathered with numpy fancy indexing, one
+gather per field for the whole batch, and converted to tensors without copying, since data loading
+sits in the training loop's hot path.
+
+**Return-to-go.** A window is conditioned either on the episode's achieved return-to-go (demonstrations,
+as in training: :func:`returns_to_go`) or on a target return minus the rewards collected so far, exactly
+as in a rollout at that target (:func:`conditioned_rtg`).
 """
 
 from __future__ import annotations
@@ -24,12 +34,17 @@ from dtinterp.errors import DatasetError
 from dtinterp.model.inputs import DTInputs
 
 
-class EpisodeArrays(Protocol):
-    """What windows need from a dataset (a :class:`~dtinterp.data.dataset.TrajectoryDataset` has it)."""
+class StepArrays(Protocol):
+    """The per-step arrays a window is gathered from."""
 
     obs: np.ndarray  # uint8 [N, W, H, 3]
     directions: np.ndarray  # uint8 [N]
     actions: np.ndarray  # uint8 [N]
+
+
+class EpisodeArrays(StepArrays, Protocol):
+    """Flat episodes (a :class:`~dtinterp.data.dataset.TrajectoryDataset` has these arrays)."""
+
     rewards: np.ndarray  # float32 [N]
     episode_starts: np.ndarray  # int64 [E+1]
 
@@ -58,6 +73,26 @@ def returns_to_go(rewards: np.ndarray, episode_starts: np.ndarray) -> np.ndarray
     return (suffix[:n] - suffix[episode_end]).astype(np.float32)
 
 
+def conditioned_rtg(
+    rewards: np.ndarray, episode_starts: np.ndarray, targets: Sequence[float | None]
+) -> np.ndarray:
+    """The return-to-go each step is conditioned on, float32 ``[N]``.
+
+    Episode ``e`` with a target return ``targets[e]`` is conditioned on ``target - sum(rewards before
+    the step)``, as in a rollout at that target; with ``None`` on its achieved return-to-go.
+    """
+    rtg = returns_to_go(rewards, episode_starts).astype(np.float64)
+    starts = np.asarray(episode_starts, dtype=np.int64)
+    if len(targets) != starts.size - 1:
+        raise ValueError(f"{len(targets)} targets for {starts.size - 1} episodes")
+    r = np.asarray(rewards, dtype=np.float64)
+    for e, target in enumerate(targets):
+        if target is not None:
+            s, t = int(starts[e]), int(starts[e + 1])
+            rtg[s:t] = float(target) - np.concatenate([[0.0], np.cumsum(r[s:t])[:-1]])
+    return rtg.astype(np.float32)
+
+
 def _check_episodes(starts: np.ndarray) -> None:
     if starts.size < 2:
         raise DatasetError("the dataset has no episodes")
@@ -65,8 +100,8 @@ def _check_episodes(starts: np.ndarray) -> None:
         raise DatasetError("the dataset has an empty episode (episode_starts must strictly increase)")
 
 
-def _gather(
-    data: EpisodeArrays,
+def gather_windows(
+    data: StepArrays,
     rtg: np.ndarray,
     ends: np.ndarray,
     first: np.ndarray,
@@ -74,11 +109,13 @@ def _gather(
     rtg_scale: float,
     n_actions: int,
     max_timestep: int,
-    rtg_base: int = 0,
 ) -> DTInputs:
-    """Windows ending at flat step indices ``ends [B]`` whose episodes start at ``first [B]``.
+    """The window builder: windows ending at flat step indices ``ends [B]`` whose episodes start at
+    ``first [B]`` (so a window never reaches into the previous episode).
 
-    ``rtg[i - rtg_base]`` is the (unscaled) return-to-go of flat step ``i``.
+    ``rtg[i]`` is the (unscaled) return-to-go of flat step ``i``; the model sees it divided by
+    ``rtg_scale`` in float32. Timesteps are the step's index in its episode, clipped to
+    ``max_timestep - 1``.
     """
     offsets = np.arange(-(context_len - 1), 1, dtype=np.int64)  # [K]: -K+1 .. 0
     idx = ends[:, None] + offsets[None, :]  # [B, K] flat step index of every window slot
@@ -88,7 +125,7 @@ def _gather(
     obs *= real[:, :, None, None, None]
     directions = np.where(real, data.directions[idx], 0).astype(np.int64)
     actions = np.where(real, data.actions[idx], n_actions).astype(np.int64)
-    rtg_w = np.where(real, rtg[idx - rtg_base] / np.float32(rtg_scale), 0).astype(np.float32)
+    rtg_w = np.where(real, rtg[idx] / np.float32(rtg_scale), 0).astype(np.float32)
     timesteps = np.where(real, np.minimum(idx - first[:, None], max_timestep - 1), 0).astype(np.int64)
     return DTInputs(
         obs=torch.from_numpy(obs),
@@ -122,51 +159,24 @@ def make_batch(
     rtg_scale: float,
     n_actions: int,
     max_timestep: int,
+    targets: Sequence[float | None] | None = None,
 ) -> DTInputs:
-    """Windows ending at ``(episode, t)`` pairs (``t`` = step index within the episode), batch ``len(ends)``."""
+    """Windows ending at ``(episode, t)`` pairs (``t`` = step index within the episode), batch ``len(ends)``.
+
+    Each window is the exact input the model sees when predicting the action at step ``t``. Episodes
+    are conditioned on their achieved return-to-go, or on ``targets[e]`` where given (see
+    :func:`conditioned_rtg`).
+    """
     starts = np.asarray(data.episode_starts, dtype=np.int64)
     pairs = np.asarray(ends, dtype=np.int64).reshape(-1, 2)
     episodes, ts = pairs[:, 0], pairs[:, 1]
     _check_ends(starts, episodes, ts)
-    rtg = returns_to_go(data.rewards, starts)
-    first = starts[episodes]
-    return _gather(data, rtg, first + ts, first, context_len, rtg_scale, n_actions, max_timestep)
-
-
-def window_at(
-    data: EpisodeArrays,
-    episode: int,
-    t: int,
-    context_len: int,
-    rtg_scale: float,
-    n_actions: int,
-    max_timestep: int,
-    rtg_override: float | None = None,
-) -> DTInputs:
-    """The exact input (batch 1) the model sees when predicting the action at step ``t`` of ``episode``.
-
-    With ``rtg_override`` the episode is conditioned on that target return instead of its achieved one:
-    the RTG at step i is ``rtg_override - sum(rewards[:i])``, as in an evaluation rollout at that target.
-    """
-    starts = np.asarray(data.episode_starts, dtype=np.int64)
-    _check_ends(starts, np.array([episode]), np.array([t]))
-    s, e = int(starts[episode]), int(starts[episode + 1])  # the episode's flat steps
-    r = np.asarray(data.rewards[s:e], dtype=np.float64)
-    if rtg_override is None:
-        rtg_ep = np.cumsum(r[::-1])[::-1]  # [L] true return-to-go
+    if targets is None or all(t is None for t in targets):
+        rtg = returns_to_go(data.rewards, starts)
     else:
-        rtg_ep = rtg_override - np.concatenate([[0.0], np.cumsum(r)[:-1]])  # target minus rewards so far
-    return _gather(
-        data,
-        rtg_ep.astype(np.float32),
-        np.array([s + t]),
-        np.array([s]),
-        context_len,
-        rtg_scale,
-        n_actions,
-        max_timestep,
-        rtg_base=s,
-    )
+        rtg = conditioned_rtg(data.rewards, starts, targets)
+    first = starts[episodes]
+    return gather_windows(data, rtg, first + ts, first, context_len, rtg_scale, n_actions, max_timestep)
 
 
 class WindowSampler:
@@ -222,7 +232,7 @@ class WindowSampler:
         """Windows ending at flat step indices ``ends [B]``."""
         ends = np.asarray(ends, dtype=np.int64)
         first = self.starts[self.episode_of[ends]]
-        return _gather(
+        return gather_windows(
             self.data,
             self.rtg,
             ends,

@@ -9,9 +9,10 @@ and for the CLI to parse ``--param key=value``). It implements two steps:
   never imports dash or plotly.
 - ``figures(result) -> list[plotly Figure]``: presentation only, from the result alone.
 
-The :class:`AnalysisContext` holds the model, the inputs (one trajectory window or a batch), an optional
-edited counterfactual of them, and the ``ActivationCache`` of each, computed once on first use and shared by
-every analysis run on that context.
+The :class:`AnalysisContext` holds the checkpoint (the model and what is known about it), the inputs (one
+trajectory window or a batch), an optional edited counterfactual of them, and the ``ActivationCache`` of
+each, computed once on first use and shared by every analysis run on that context. How a request becomes a
+result, figures, a report and JSON with provenance is :func:`dtinterp.plugins.run.run_analysis`.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import numpy as np
 import torch
 from transformer_lens import ActivationCache
 
-from dtinterp.errors import DtinterpError
+from dtinterp.errors import CheckpointError, DtinterpError
 from dtinterp.interp.edits import Edit, apply_edits
+from dtinterp.model.checkpoint import Checkpoint
 from dtinterp.model.hooked_dt import HookedDecisionTransformer
 from dtinterp.model.inputs import DTInputs, token_labels
 
@@ -109,8 +111,33 @@ class Param:
             raise ParameterError(f"{label}: {value} is above the maximum {self.max}")
         return value
 
+    def describe_type(self) -> str:
+        """The type with its bounds or choices, e.g. ``int in [2, 512]`` or ``choice: a | b``.
+
+        The one description of a parameter's type, shared by ``--list``, the app's controls and reports.
+        """
+        return describe_param_type(self.to_dict())
+
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def describe_param_type(p: Mapping[str, Any]) -> str:
+    """:meth:`Param.describe_type` of a declaration's dict form (:meth:`Param.to_dict`, as reports hold it)."""
+
+    def num(x: Any) -> str:
+        return str(int(x)) if isinstance(x, (int, float)) and float(x).is_integer() else f"{x:g}"
+
+    if p.get("choices") is not None:
+        return f"{p['type']}: {' | '.join(str(c) for c in p['choices'])}"
+    lo, hi = p.get("min"), p.get("max")
+    if lo is not None and hi is not None:
+        return f"{p['type']} in [{num(lo)}, {num(hi)}]"
+    if lo is not None:
+        return f"{p['type']} >= {num(lo)}"
+    if hi is not None:
+        return f"{p['type']} <= {num(hi)}"
+    return str(p["type"])
 
 
 @dataclass
@@ -153,41 +180,60 @@ def _jsonable(x: Any) -> Any:
 
 
 class AnalysisContext:
-    """Model + inputs (+ an optional edited counterfactual), with caches computed once and shared.
+    """Checkpoint + inputs (+ an optional edited counterfactual), with caches computed once and shared.
 
-    ``inputs`` is a batch of context windows (batch 1 for a single trajectory step). ``edits`` are applied
-    to a copy to form ``counterfactual``. Forward passes run lazily under ``torch.inference_mode`` and are
-    memoised; hooks live only for the duration of one ``run_with_cache`` call.
+    The first argument is a :class:`~dtinterp.model.checkpoint.Checkpoint`, or a bare model with its
+    checkpoint metadata ``meta`` (``AnalysisContext(model, inputs, meta)``, as in notebooks). ``inputs``
+    is a batch of context windows (batch 1 for a single trajectory step), or None for a static analysis
+    (weights only). ``edits`` are applied to a copy to form ``counterfactual``. Forward passes run lazily
+    under ``torch.inference_mode`` and are memoised; hooks live only for one ``run_with_cache`` call.
     """
 
     def __init__(
         self,
-        model: HookedDecisionTransformer,
-        inputs: DTInputs,
+        model: Checkpoint | HookedDecisionTransformer,
+        inputs: DTInputs | None,
         meta: Mapping[str, Any] | None = None,
         edits: Sequence[Edit] = (),
         description: str = "",
     ):
-        self.model = model.eval()
-        self.inputs = inputs.to(model.W_U.device)
-        self.meta = dict(meta or {})
+        if isinstance(model, Checkpoint):
+            self.checkpoint = model
+        else:
+            try:
+                self.checkpoint = Checkpoint.from_model(model, dict(meta or {}), require_env=False)
+            except CheckpointError as exc:
+                raise PluginError(str(exc)) from None
+        self.model = self.checkpoint.model
+        self.inputs = None if inputs is None else inputs.to(self.model.W_U.device)
+        self.meta = self.checkpoint.meta
         self.edits = list(edits)
         self.description = description
+        if self.edits and self.inputs is None:
+            raise PluginError("edits need inputs to apply to")
         self.counterfactual = apply_edits(self.inputs, self.edits, self.rtg_scale) if self.edits else None
         self._lock = threading.RLock()
         self._runs: dict[str, tuple[torch.Tensor, ActivationCache]] = {}
 
     @property
     def rtg_scale(self) -> float:
-        return float(self.meta.get("rtg_scale", 1.0))
+        return self.checkpoint.rtg_scale
+
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        """The model's actions in id order (a 3-action model has no ``toggle``)."""
+        return self.checkpoint.action_names
 
     @property
     def token_labels(self) -> list[str]:
-        return token_labels(self.inputs.context_len)
+        K = self.inputs.context_len if self.inputs is not None else self.model.cfg.context_len
+        return token_labels(K)
 
     def _run(self, which: str) -> tuple[torch.Tensor, ActivationCache]:
         with self._lock:
             if which not in self._runs:
+                if self.inputs is None:
+                    raise PluginError("this analysis needs inputs: give a trajectory, a dataset or a rollout")
                 inputs = self.inputs if which == "clean" else self.counterfactual
                 if inputs is None:
                     raise PluginError("this analysis needs a counterfactual: give at least one edit")
@@ -217,12 +263,13 @@ class AnalysisContext:
     def describe(self) -> dict[str, Any]:
         """Plain description of the model and inputs, for reports."""
         cfg = self.model.cfg
+        spec = self.checkpoint.env_spec
         return {
             "description": self.description,
-            "env": self.meta.get("env_spec", {}).get("env_id"),
+            "env": None if spec is None else spec.env_id,
             "model": {k: getattr(cfg, k) for k in ("n_layers", "n_heads", "d_model", "d_mlp", "context_len")},
-            "batch": self.inputs.batch_size,
-            "context_len": self.inputs.context_len,
+            "batch": 0 if self.inputs is None else self.inputs.batch_size,
+            "context_len": cfg.context_len if self.inputs is None else self.inputs.context_len,
             "edits": [str(e) for e in self.edits],
         }
 
@@ -264,8 +311,13 @@ class Analysis(abc.ABC):
         for p in cls.parameters:
             p.check_declaration()
 
-    def resolve_params(self, raw: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Defaults overlaid with ``raw`` (Python values or CLI text), each validated."""
+    def resolve_params(
+        self, raw: Mapping[str, Any] | None = None, checkpoint: Checkpoint | None = None
+    ) -> dict[str, Any]:
+        """Defaults overlaid with ``raw`` (Python values or CLI text), each validated.
+
+        With ``checkpoint``, choices that depend on the model (its actions) are checked against it.
+        """
         raw = dict(raw or {})
         declared = {p.name: p for p in self.parameters}
         unknown = sorted(set(raw) - set(declared))
@@ -280,7 +332,7 @@ class Analysis(abc.ABC):
 
     def run(self, ctx: AnalysisContext, params: Mapping[str, Any] | None = None) -> AnalysisResult:
         """Resolve parameters and compute."""
-        return self.compute(ctx, self.resolve_params(params))
+        return self.compute(ctx, self.resolve_params(params, ctx.checkpoint))
 
     @classmethod
     def describe(cls) -> dict[str, Any]:

@@ -73,7 +73,7 @@ class Registry:
     ) -> AnalysisResult:
         """Run one analysis; a parameter error propagates, any other exception becomes a one-line PluginError."""
         plugin = self.get(plugin_id)
-        resolved = plugin.resolve_params(params)
+        resolved = plugin.resolve_params(params, ctx.checkpoint)
         try:
             return plugin.compute(ctx, resolved)
         except PluginError:

@@ -17,15 +17,14 @@ import numpy as np
 import plotly.graph_objects as go
 
 from dtinterp.errors import ConfigError
-from dtinterp.train.evaluate import check_device, check_output, evaluate, spec_and_scale, write_json
+from dtinterp.train.evaluate import check_device, check_output, evaluate, write_json
 
 if TYPE_CHECKING:
-    from torch import nn
+    from dtinterp.model.checkpoint import Checkpoint
 
 
 def calibrate(
-    model: nn.Module,
-    meta: dict[str, Any],
+    checkpoint: Checkpoint,
     rtg_min: float,
     rtg_max: float,
     points: int,
@@ -41,7 +40,7 @@ def calibrate(
     if points < 2:
         raise ValueError(f"points must be >= 2, got {points}")
     targets = np.linspace(rtg_min, rtg_max, points).tolist()
-    result = evaluate(model, meta, targets, episodes, seed, num_envs, sample, progress=progress)
+    result = evaluate(checkpoint, targets, episodes, seed, num_envs, sample, progress=progress)
     result.update(rtg_min=float(rtg_min), rtg_max=float(rtg_max), points=int(points))
     return result
 
@@ -116,14 +115,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     json_path = html_path.with_suffix(".json")
     device = check_device(args.device)
     from dtinterp.model.checkpoint import load_checkpoint  # heavy: only once the arguments are valid
-    from dtinterp.train.rollout import check_model_env
 
-    model, meta = load_checkpoint(args.model_dir, device=device)
-    spec, _ = spec_and_scale(meta, args.model_dir)
-    check_model_env(model.cfg, spec, args.model_dir)
-
+    ckpt = load_checkpoint(args.model_dir, device=device)
     result = calibrate(
-        model, meta, args.rtg_min, args.rtg_max, args.points, args.episodes, args.seed, args.num_envs
+        ckpt, args.rtg_min, args.rtg_max, args.points, args.episodes, args.seed, args.num_envs
     )
     result["model_dir"] = str(args.model_dir)
     write_html(calibration_figure(result), html_path)

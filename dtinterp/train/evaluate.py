@@ -20,12 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from dtinterp.errors import CheckpointError, ConfigError
-from envs import EnvSpec
-from envs.errors import EnvSpecError
+from dtinterp.errors import ConfigError
 
 if TYPE_CHECKING:
-    from torch import nn
+    from dtinterp.model.checkpoint import Checkpoint
 
 # torch and the model are imported where used, so a bad argument is reported without waiting for them.
 
@@ -70,7 +68,7 @@ def wilson_ci(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[f
 
 
 def summarize(target_rtg: float, results: Sequence[Any]) -> dict[str, Any]:
-    """Summary of one target's episodes (:class:`~dtinterp.train.rollout.EpisodeResult` list)."""
+    """Summary of one target's episodes (:class:`~dtinterp.play.rollout.EpisodeResult` list)."""
     returns = np.array([r.episode_return for r in results], dtype=np.float64)
     successes = int(sum(r.success for r in results))
     return {
@@ -86,23 +84,8 @@ def summarize(target_rtg: float, results: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def spec_and_scale(meta: dict[str, Any], where: str = "checkpoint") -> tuple[EnvSpec, float]:
-    """The env spec and RTG scale recorded in a checkpoint's meta; a clear error if absent or invalid."""
-    if not isinstance(meta.get("env_spec"), dict):
-        raise CheckpointError(f"{where}: config.json has no 'env_spec': cannot tell which env to evaluate in")
-    try:
-        spec = EnvSpec.from_dict(meta["env_spec"])
-    except (EnvSpecError, TypeError) as exc:
-        raise CheckpointError(f"{where}: invalid 'env_spec' in config.json ({exc})") from None
-    scale = meta.get("rtg_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-        raise CheckpointError(f"{where}: 'rtg_scale' must be a positive number, got {scale!r}")
-    return spec, float(scale)
-
-
 def evaluate(
-    model: nn.Module,
-    meta: dict[str, Any],
+    checkpoint: Checkpoint,
     rtgs: Sequence[float],
     episodes: int,
     seed: int,
@@ -110,15 +93,16 @@ def evaluate(
     sample: bool = False,
     progress: bool = True,
     on_episode: Callable[[Any], None] | None = None,
+    hooks: Sequence[tuple[str, Callable]] = (),
 ) -> dict[str, Any]:
     """Play ``episodes`` seeded episodes at each target in ``rtgs``; summary per target (see :func:`summarize`).
 
     Env seeds are ``seed .. seed + episodes - 1`` for every target; sampled actions use ``seed`` as the
-    sample seed, so the whole result is a function of (model, arguments).
+    sample seed, so the whole result is a function of (model, arguments). ``hooks`` are attached to every
+    forward pass (an ablation played out).
     """
-    from dtinterp.train.rollout import rollout
+    from dtinterp.play.rollout import rollout
 
-    spec, rtg_scale = spec_and_scale(meta)
     seeds = list(range(seed, seed + episodes))
     bar = tqdm(total=len(rtgs) * episodes, desc="evaluate", unit="ep", disable=not progress)
 
@@ -132,16 +116,7 @@ def evaluate(
             summarize(
                 rtg,
                 rollout(
-                    model,
-                    spec,
-                    rtg,
-                    seeds,
-                    num_envs,
-                    rtg_scale,
-                    sample,
-                    seed,
-                    progress=False,
-                    on_episode=tick,
+                    checkpoint, rtg, seeds, num_envs, sample, seed, progress=False, on_episode=tick, hooks=hooks
                 ),
             )
             for rtg in rtgs
@@ -149,8 +124,8 @@ def evaluate(
     finally:
         bar.close()
     return {
-        "env_spec": spec.to_dict(),
-        "rtg_scale": rtg_scale,
+        "env_spec": checkpoint.env_spec.to_dict(),
+        "rtg_scale": checkpoint.rtg_scale,
         "episodes": episodes,
         "seed": seed,
         "sample": sample,
@@ -231,15 +206,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     gif_path = check_video_path(args.gif, "--gif") if args.gif else None
     device = check_device(args.device)
     from dtinterp.model.checkpoint import load_checkpoint  # heavy: only once the arguments are valid
-    from dtinterp.train.rollout import check_model_env, rollout
+    from dtinterp.play.rollout import rollout
 
-    model, meta = load_checkpoint(args.model_dir, device=device)
-    spec, rtg_scale = spec_and_scale(meta, args.model_dir)
-    check_model_env(model.cfg, spec, args.model_dir)
-
-    result = evaluate(model, meta, args.rtg, args.episodes, args.seed, args.num_envs, args.sample)
+    ckpt = load_checkpoint(args.model_dir, device=device)
+    result = evaluate(ckpt, args.rtg, args.episodes, args.seed, args.num_envs, args.sample)
     result["model_dir"] = str(args.model_dir)
-    print_table(result, f"{args.model_dir}  ({spec.env_id}, {'sampled' if args.sample else 'greedy'})")
+    mode = "sampled" if args.sample else "greedy"
+    print_table(result, f"{args.model_dir}  ({ckpt.env_spec.env_id}, {mode})")
     if json_path is not None:
         write_json(json_path, result)
         print(f"wrote {json_path}")
@@ -247,17 +220,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         # Rollouts are a pure function of the seed, so replaying the first seed alone (recorded this
         # time) reproduces the first episode of the first target.
         (first,) = rollout(
-            model,
-            spec,
-            args.rtg[0],
-            [args.seed],
-            1,
-            rtg_scale,
-            args.sample,
-            args.seed,
-            record=True,
-            progress=False,
+            ckpt, args.rtg[0], [args.seed], 1, args.sample, args.seed, record=True, progress=False
         )
-        export_episode((spec, first.seed, first.trajectory.actions), gif_path)
+        export_episode((ckpt.env_spec, first.seed, first.episode.actions), gif_path)
         print(f"wrote {gif_path}")
     return 0

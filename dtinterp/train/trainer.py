@@ -57,7 +57,7 @@ from dtinterp.model.checkpoint import (
 )
 from dtinterp.train.config import TrainConfig
 from dtinterp.train.model_card import write_model_card
-from envs.spec import EnvSpec, make_env
+from envs.spec import EnvSpec, env_facts
 
 METRICS_FILE = "metrics.jsonl"
 STATE_TENSORS_FILE = "train_state.safetensors"
@@ -169,19 +169,6 @@ def train_step(
     return loss.detach(), correct, n_real
 
 
-def env_limits(spec: EnvSpec) -> tuple[int, int]:
-    """(episode step limit, number of actions) of ``spec``: the model's max_timestep and n_actions.
-
-    Envs with fewer actions than MiniGrid's 7 (Dynamic-Obstacles has 3) get a smaller unembedding.
-    """
-    env = make_env(spec)
-    try:
-        max_steps = spec.max_steps if spec.max_steps is not None else int(env.unwrapped.max_steps)
-        return max_steps, int(env.action_space.n)
-    finally:
-        env.close()
-
-
 # ------------------------------------------------------------------ the loop
 
 
@@ -204,7 +191,8 @@ def train(
     out_dir = Path(out_dir)
     spec = data.env_spec
     W, H = data.obs.shape[1:3]
-    max_steps, n_actions = env_limits(spec)
+    facts = env_facts(spec)
+    max_steps, n_actions = facts.max_steps, facts.n_actions
     if data.n_transitions and int(data.actions.max()) >= n_actions:
         raise ConfigError(
             f"dataset has action {int(data.actions.max())} but {spec.env_id} has {n_actions} actions"
@@ -323,16 +311,16 @@ def train(
 @torch.no_grad()
 def evaluate_during_training(model: HookedDecisionTransformer, spec: EnvSpec, cfg: TrainConfig) -> dict:
     """Greedy rollouts at each ``cfg.eval_rtg``: mean return, success rate and length per target."""
-    from dtinterp.train.rollout import rollout
+    from dtinterp.model.checkpoint import Checkpoint
+    from dtinterp.play.rollout import rollout
 
     was_training = model.training
     model.eval()
+    ckpt = Checkpoint.from_model(model, {"env_spec": spec.to_dict(), "rtg_scale": cfg.rtg_scale})
     seeds = list(range(EVAL_SEED, EVAL_SEED + cfg.eval_episodes))
     out = {}
     for target in cfg.eval_rtg:
-        res = rollout(
-            model, spec, target, seeds, num_envs=min(32, len(seeds)), rtg_scale=cfg.rtg_scale, progress=False
-        )
+        res = rollout(ckpt, target, seeds, num_envs=min(32, len(seeds)), progress=False)
         returns = np.array([r.episode_return for r in res])
         out[f"{target:g}"] = {
             "mean_return": float(returns.mean()),
@@ -407,7 +395,8 @@ def _load_run(
     """The saved model and meta of the run in ``out_dir``, after checking it is the same run."""
     if not (out_dir / STATE_JSON_FILE).is_file():
         raise CheckpointError(f"{out_dir}: nothing to resume (no {STATE_JSON_FILE})")
-    model, meta = load_checkpoint(out_dir, device=cfg.device)
+    ckpt = load_checkpoint(out_dir, device=cfg.device)
+    model, meta = ckpt.model, ckpt.meta
     saved = meta.get("train")
     if not isinstance(saved, dict):
         raise CheckpointError(f"{out_dir / CONFIG_FILE}: no training config to resume from")

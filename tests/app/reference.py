@@ -10,13 +10,13 @@ import functools
 
 import numpy as np
 import torch
+from dash_app.state import DEFAULT_MODEL, png_data_uri  # noqa: E402
+from dtinterp.interp.trajectory import ROLLOUT_POLICY, episode_window, model_env_spec, rollout_trajectory
 
 # the app's identity constants and PNG encoder: the tests compare pixels and numbers, not encoders
 from dash_app.play import TILE  # noqa: E402
-from dash_app.state import DEFAULT_MODEL, png_data_uri  # noqa: E402
 from dtinterp.data.dataset import TrajectoryDataset
 from dtinterp.interp.edits import apply_edits, parse_edit
-from dtinterp.interp.trajectory import ROLLOUT_POLICY, episode_window, model_env_spec, rollout_trajectory
 from dtinterp.model.checkpoint import load_checkpoint
 from dtinterp.model.hooked_dt import HookedDecisionTransformer
 from dtinterp.model.shipped import resolve_model

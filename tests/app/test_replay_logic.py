@@ -16,13 +16,13 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
+from dash_app.state import InputError, dataset_to_traj, model_entry, step_window, traj_to_dataset
+from dtinterp.interp.trajectory import episode_window, rollout_trajectory
 
 from dash_app import analyses, replay
-from dash_app.state import InputError, dataset_to_traj, model_entry, step_window, traj_to_dataset
 from dtinterp.data.collect import collect
 from dtinterp.data.dataset import load_dataset, save_dataset
 from dtinterp.interp.edits import EditError, SetRTG, apply_edits, parse_edit
-from dtinterp.interp.trajectory import episode_window, rollout_trajectory
 from dtinterp.plugins.api import Analysis, AnalysisContext, AnalysisResult, Param
 from dtinterp.plugins.registry import get_registry, load_registry
 from envs.encoding import ACTION_NAMES, OBJECT_NAMES

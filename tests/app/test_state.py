@@ -14,11 +14,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
-from dash_app import ids
-from dash_app.history import history_view, window_tokens
-from dash_app.layout import choose_model, layout
-from dash_app.play import dt_run_to_end, dt_step, play_event, play_view, reset_episode, take_action
 from dash_app.state import (
     CONTEXTS,
     ENVS,
@@ -37,10 +32,15 @@ from dash_app.state import (
     traj_rtg,
     traj_to_dataset,
 )
-from dtinterp.data.dataset import load_dataset, save_dataset
 from dtinterp.interp.trajectory import TrajectoryError, episode_window, rollout_trajectory
-from dtinterp.model.inputs import token_labels
 from dtinterp.train.rollout import rollout
+
+from dash_app import ids
+from dash_app.history import history_view, window_tokens
+from dash_app.layout import choose_model, layout
+from dash_app.play import dt_run_to_end, dt_step, play_event, play_view, reset_episode, take_action
+from dtinterp.data.dataset import load_dataset, save_dataset
+from dtinterp.model.inputs import token_labels
 from envs.encoding import ACTION_NAMES, compact_obs
 from envs.spec import EnvSpec, make_env
 
@@ -337,8 +337,9 @@ def test_history_without_seed_shows_pov_only(entry, tiny_dataset):
 
 
 def test_dataset_episode_seed_is_verified_by_replay():
-    from dtinterp.data.collect import collect
     from dtinterp.interp.trajectory import extract_episode
+
+    from dtinterp.data.collect import collect
 
     ds = collect(EnvSpec("MiniGrid-DoorKey-5x5-v0"), 3, "expert", seed=40, progress=False)
     assert [episode_seed(ds, e) for e in range(3)] == [40, 41, 42]

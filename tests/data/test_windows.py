@@ -8,11 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from dtinterp.data.windows import WindowSampler, make_batch, returns_to_go, window_at
+from dtinterp.data.windows import WindowSampler, make_batch, returns_to_go
 from dtinterp.errors import DatasetError
 from dtinterp.model.inputs import DTInputs
 
 N_ACTIONS = 7
+
+
+def window_at(data, episode, t, context_len, rtg_scale, n_actions, max_timestep, rtg_override=None):
+    """One window (batch 1) through the window builder; ``rtg_override`` conditions on a target return."""
+    targets = [None] * (len(data.episode_starts) - 1)
+    targets[episode] = rtg_override
+    return make_batch(data, [(episode, t)], context_len, rtg_scale, n_actions, max_timestep, targets)
 
 
 @dataclass

@@ -24,8 +24,11 @@ def ckpt(tmp_path):
 
 def test_round_trip(ckpt):
     path, model, meta = ckpt
-    loaded, loaded_meta = load_checkpoint(path)
-    assert loaded_meta == meta
+    ck = load_checkpoint(path)
+    loaded, loaded_meta = ck.model, ck.meta
+    assert loaded_meta == meta and ck.name == "run" and ck.rtg_scale == 1.0
+    assert ck.env_spec.env_id == "MiniGrid-Empty-5x5-v0" and ck.path == path and len(ck.weights_sha256) == 64
+    assert ck.action_names == ("left", "right", "forward", "pickup", "drop", "toggle", "done")
     assert loaded.cfg.to_dict() == model.cfg.to_dict()
     for (n1, p1), (n2, p2) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert n1 == n2 and torch.equal(p1, p2)

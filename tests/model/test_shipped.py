@@ -10,8 +10,7 @@ import pytest
 
 from dtinterp.model.checkpoint import load_checkpoint
 from dtinterp.model.shipped import list_models
-from dtinterp.train.evaluate import spec_and_scale
-from dtinterp.train.rollout import rollout
+from dtinterp.play.rollout import rollout
 
 SHIPPED = list_models()
 EXPECTED = {"doorkey-6x6", "dynamic-obstacles-8x8", "memory-s7"}
@@ -23,12 +22,9 @@ def test_the_three_agents_are_shipped():
 
 @pytest.mark.parametrize("shipped", SHIPPED, ids=lambda m: m.name)
 def test_shipped_agent_succeeds_at_its_best_target(shipped):
-    model, meta = load_checkpoint(shipped.path)
-    spec, rtg_scale = spec_and_scale(meta)
-    target = meta["results"]["headline"]["target_rtg"]
-    results = rollout(
-        model, spec, target, seeds=list(range(1000, 1008)), num_envs=8, rtg_scale=rtg_scale, progress=False
-    )
+    ckpt = load_checkpoint(shipped.path)
+    target = ckpt.meta["results"]["headline"]["target_rtg"]
+    results = rollout(ckpt, target, seeds=list(range(1000, 1008)), num_envs=8, progress=False)
     successes = sum(r.success for r in results)
     assert successes >= 7, f"{shipped.name}: {successes}/8 successes at target {target}"
 

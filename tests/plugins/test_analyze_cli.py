@@ -17,12 +17,12 @@ from importlib.metadata import EntryPoint
 
 import pytest
 import torch
+from dtinterp.interp.trajectory import episode_window, episode_windows, extract_episode
 
 from dtinterp.cli import main
 from dtinterp.data.collect import collect
 from dtinterp.data.dataset import load_dataset, save_dataset
 from dtinterp.interp.edits import apply_edits, parse_edit
-from dtinterp.interp.trajectory import episode_window, episode_windows, extract_episode
 from dtinterp.model.checkpoint import load_checkpoint, save_checkpoint
 from dtinterp.plugins.api import AnalysisContext
 from dtinterp.plugins.registry import ENTRY_POINT_GROUP, get_registry, load_registry

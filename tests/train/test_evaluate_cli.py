@@ -14,10 +14,10 @@ from dtinterp.cli import main
 from dtinterp.errors import ConfigError
 from dtinterp.model import DTConfig, HookedDecisionTransformer
 from dtinterp.model.checkpoint import load_checkpoint, save_checkpoint
+from dtinterp.play.rollout import rollout
 from dtinterp.train.calibrate import calibrate, calibration_figure
 from dtinterp.train.evaluate import bootstrap_ci, evaluate, wilson_ci
 from dtinterp.train.export import export_episode, replay_frames
-from dtinterp.train.rollout import rollout
 from envs import EnvSpec, make_env
 
 SPEC = EnvSpec("MiniGrid-LavaGapS5-v0", max_steps=12)
@@ -81,12 +81,12 @@ def test_wilson_ci_known_values():
 
 
 def test_evaluate_summarises_the_rollouts(ckpt):
-    model, meta = load_checkpoint(ckpt)
-    res = evaluate(model, meta, [0.5, 1.0], episodes=5, seed=10, num_envs=2, sample=True, progress=False)
+    checkpoint = load_checkpoint(ckpt)
+    res = evaluate(checkpoint, [0.5, 1.0], episodes=5, seed=10, num_envs=2, sample=True, progress=False)
     assert [r["target_rtg"] for r in res["results"]] == [0.5, 1.0]
     for r in res["results"]:
         direct = rollout(
-            model, SPEC, r["target_rtg"], range(10, 15), 5, sample=True, sample_seed=10, progress=False
+            checkpoint, r["target_rtg"], range(10, 15), 5, sample=True, sample_seed=10, progress=False
         )
         assert r["returns"] == [d.episode_return for d in direct]
         assert r["lengths"] == [d.length for d in direct]
@@ -97,8 +97,9 @@ def test_evaluate_summarises_the_rollouts(ckpt):
 
 
 def test_calibration_result_and_figure(ckpt):
-    model, meta = load_checkpoint(ckpt)
-    res = calibrate(model, meta, -1.0, 1.0, points=3, episodes=2, seed=0, num_envs=2, progress=False)
+    res = calibrate(
+        load_checkpoint(ckpt), -1.0, 1.0, points=3, episodes=2, seed=0, num_envs=2, progress=False
+    )
     assert [r["target_rtg"] for r in res["results"]] == [-1.0, 0.0, 1.0]
     fig = calibration_figure(res)
     names = [t.name for t in fig.data]
@@ -163,13 +164,12 @@ def test_cli_evaluate_writes_json_and_gif(ckpt, tmp_path, capsys):
     assert [r["target_rtg"] for r in res["results"]] == [1.0, 0.5]
     assert res["env_spec"] == SPEC.to_dict() and res["episodes"] == 3
     # the GIF is the first episode (seed 4) at the first target, replayed from its recorded actions
-    model, _ = load_checkpoint(ckpt)
-    (first,) = rollout(model, SPEC, 1.0, [4], 1, sample=False, record=True, progress=False)
+    (first,) = rollout(load_checkpoint(ckpt), 1.0, [4], 1, sample=False, record=True, progress=False)
     assert (first.episode_return, first.length) == (
         res["results"][0]["returns"][0],
         res["results"][0]["lengths"][0],
     )
-    expected = export_episode((SPEC, 4, first.trajectory.actions), tmp_path / "expected.gif")
+    expected = export_episode((SPEC, 4, first.episode.actions), tmp_path / "expected.gif")
     assert out_gif.read_bytes() == expected.read_bytes()
     assert "95% CI" in capsys.readouterr().out
 

@@ -59,7 +59,8 @@ def test_train_writes_a_loadable_run_and_resume_of_a_finished_run_changes_nothin
     assert expected | {"train_state.json", "train_state.safetensors"} == names  # no temp files left
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6]
-    model, meta = load_checkpoint(out)
+    ck = load_checkpoint(out)
+    model, meta = ck.model, ck.meta
     assert meta["step"] == 6 and meta["train"]["seed"] == 5 and meta["dataset"] == tiny_dataset.fingerprint()
     assert model.cfg.context_len == 4 and model.cfg.obs_shape == (7, 7)
     assert "MiniGrid-Empty-5x5-v0" in (out / "model_card.md").read_text()

@@ -147,7 +147,8 @@ def test_tiny_model_overfits_tiny_dataset(tmp_path, data):
     assert [r["step"] for r in rows] == [50, 100, 150, 200]
     assert set(rows[0]) == {"step", "loss", "acc", "lr", "samples_per_s", "elapsed"}
     assert rows[-1]["loss"] < rows[0]["loss"]
-    model, meta = load_checkpoint(run)
+    ck = load_checkpoint(run)
+    model, meta = ck.model, ck.meta
     assert meta["step"] == 200 and meta["rtg_scale"] == 1.0 and meta["dataset"] == data.fingerprint()
     assert meta["train"] == cfg.to_dict() and meta["env_spec"]["env_id"] == "MiniGrid-Empty-5x5-v0"
     assert model.cfg.max_timestep == 100  # Empty-5x5's step limit: 4 * 5 * 5
@@ -165,8 +166,8 @@ def test_resume_ends_at_exactly_the_uninterrupted_weights(tmp_path, data):
     assert read_checkpoint_config(tmp_path / "split")["step"] == 13
     rest = train(cfg, data, tmp_path / "split", resume=True, progress=False)
     assert rest.step == 30 and full.step == 30
-    a, _ = load_checkpoint(tmp_path / "full")
-    b, _ = load_checkpoint(tmp_path / "split")
+    a = load_checkpoint(tmp_path / "full").model
+    b = load_checkpoint(tmp_path / "split").model
     assert weights_equal(a, b)
     steps = [
         json.loads(line)["step"] for line in (tmp_path / "split" / METRICS_FILE).read_text().splitlines()
@@ -175,7 +176,7 @@ def test_resume_ends_at_exactly_the_uninterrupted_weights(tmp_path, data):
     # And a different seed really gives different weights (the comparison above can fail).
     other = train(cfg.replace(seed=1), data, tmp_path / "seed1", progress=False)
     assert other.step == 30
-    assert not weights_equal(a, load_checkpoint(tmp_path / "seed1")[0])
+    assert not weights_equal(a, load_checkpoint(tmp_path / "seed1").model)
 
 
 def test_resume_checks_it_is_the_same_run(tmp_path, data):
@@ -291,7 +292,7 @@ def test_periodic_evaluation_is_logged_and_leaves_training_unchanged(tmp_path, d
         progress=False,
     )
     assert plain.step == evald.step == 4
-    assert weights_equal(load_checkpoint(tmp_path / "plain")[0], load_checkpoint(tmp_path / "eval")[0])
+    assert weights_equal(load_checkpoint(tmp_path / "plain").model, load_checkpoint(tmp_path / "eval").model)
     rows = [json.loads(line) for line in (tmp_path / "eval" / METRICS_FILE).read_text().splitlines()]
     evals = [r for r in rows if "eval" in r]
     assert [r["step"] for r in evals] == [2, 4]

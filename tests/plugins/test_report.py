@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from dtinterp.viz.report import render_report, write_report
+from dtinterp.plugins.report import render_report, write_report
 
 PLUGIN = {
     "id": "demo",

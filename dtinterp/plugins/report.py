@@ -2,9 +2,9 @@
 
 A report is one file that opens offline: plotly.js is embedded once, inline, and each figure is a
 ``<div id="figure-N">`` drawn from its JSON. Sections: the analysis (title, id, category, description),
-its parameters, the model (checkpoint path, env, architecture), the inputs (source, episode, step,
-edits), the result's summary, then the figures. All text is HTML-escaped; the same arguments always
-give the same bytes (no timestamps).
+its parameters, the model (checkpoint path, weights digest, env, architecture), the inputs (source,
+episode, step, edits), the result's summary, the figures, and the run's provenance as JSON (enough to
+rerun it). All text is HTML-escaped; the same arguments always give the same bytes (no timestamps).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from plotly.offline import get_plotlyjs
 
 import dtinterp
 from dtinterp.model.checkpoint import atomic_write_text
+from dtinterp.plugins.api import describe_param_type
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
@@ -52,23 +53,10 @@ def _params_table(declared: Sequence[Mapping[str, Any]], values: Mapping[str, An
     head = "<tr><th>parameter</th><th>value</th><th>default</th><th>type</th><th>help</th></tr>"
     rows = "".join(
         f"<tr><td><code>{html.escape(p['name'])}</code></td><td>{_text(values.get(p['name']))}</td>"
-        f"<td>{_text(p.get('default'))}</td><td>{_text(_type_text(p))}</td><td>{_text(p.get('help', ''))}</td></tr>"
+        f"<td>{_text(p.get('default'))}</td><td>{_text(describe_param_type(p))}</td><td>{_text(p.get('help', ''))}</td></tr>"
         for p in declared
     )
     return f"<table>{head}{rows}</table>"
-
-
-def _type_text(p: Mapping[str, Any]) -> str:
-    if p.get("choices") is not None:
-        return f"{p['type']}: {' | '.join(str(c) for c in p['choices'])}"
-    lo, hi = p.get("min"), p.get("max")
-    if lo is not None and hi is not None:
-        return f"{p['type']} in [{lo}, {hi}]"
-    if lo is not None:
-        return f"{p['type']} >= {lo}"
-    if hi is not None:
-        return f"{p['type']} <= {hi}"
-    return str(p["type"])
 
 
 def render_report(
@@ -78,12 +66,14 @@ def render_report(
     inputs_info: Mapping[str, Any],
     summary: str,
     figures: Sequence[go.Figure],
+    provenance: Mapping[str, Any] | None = None,
 ) -> str:
     """The report as one HTML document.
 
     ``plugin`` is :meth:`~dtinterp.plugins.api.Analysis.describe` of the analysis, ``params`` the resolved
     parameter values, ``model_info`` / ``inputs_info`` flat ``name -> value`` descriptions, ``figures``
-    plotly figures (each becomes ``<div id="figure-N">``).
+    plotly figures (each becomes ``<div id="figure-N">``), ``provenance`` the run's provenance
+    (:class:`dtinterp.plugins.run.AnalysisRun`), shown as JSON at the end.
     """
     title = f"{plugin['title']} — dtinterp report"
     fig_divs = "\n".join(
@@ -119,6 +109,14 @@ def render_report(
         f'<pre class="summary">{html.escape(summary or "(no summary)")}</pre>',
         f"<h2>Figures ({len(figures)})</h2>",
         fig_divs or "<p>This analysis made no figures.</p>",
+        *(
+            [
+                "<h2>Provenance</h2>",
+                f'<pre class="provenance">{html.escape(json.dumps(provenance, indent=2, sort_keys=True))}</pre>',
+            ]
+            if provenance
+            else []
+        ),
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
