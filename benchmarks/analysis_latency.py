@@ -18,10 +18,11 @@ import time
 import torch
 
 from dtinterp.data.collect import collect
+from dtinterp.data.episode import dataset_windows
 from dtinterp.interp.edits import parse_edit
-from dtinterp.interp.trajectory import episode_window, episode_windows, model_env_spec, rollout_trajectory
 from dtinterp.model.checkpoint import load_checkpoint
 from dtinterp.model.shipped import resolve_model
+from dtinterp.play.rollout import play_episode
 from dtinterp.plugins.api import AnalysisContext
 from dtinterp.plugins.registry import load_registry
 
@@ -37,14 +38,10 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    model, meta = load_checkpoint(resolve_model(args.model))
-    spec, rtg_scale = model_env_spec(meta), float(meta.get("rtg_scale", 1.0))
-    traj = rollout_trajectory(model, meta, rtg=1.0, seed=0)
-    one = episode_window(traj, 0, traj.n_transitions - 1, model, rtg_scale, spec)
-    data = collect(spec, 60, "mixed", seed=0, progress=False)
-    many = episode_windows(
-        data, list(range(data.n_episodes)), model, rtg_scale, max_windows=args.batch, env_spec=spec
-    )
+    ckpt = load_checkpoint(resolve_model(args.model))
+    one = play_episode(ckpt, 1.0, seed=0).window(ckpt)
+    data = collect(ckpt.env_spec, 60, "mixed", seed=0, progress=False)
+    many, _ = dataset_windows(data, list(range(data.n_episodes)), ckpt, max_windows=args.batch)
     registry = load_registry()
     edits = [parse_edit("R*=0")]
 
@@ -55,7 +52,7 @@ def main() -> None:
         for name, inputs in (("1", one), (str(many.batch_size), many)):
             comp, figs = [], []
             for _ in range(args.runs):
-                ctx = AnalysisContext(model, inputs, meta, edits=edits if plugin.category == "causal" else ())
+                ctx = AnalysisContext(ckpt, inputs, edits=edits if plugin.category == "causal" else ())
                 t0 = time.perf_counter()
                 result = registry.run(pid, ctx)
                 t1 = time.perf_counter()

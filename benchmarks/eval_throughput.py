@@ -1,10 +1,9 @@
 """Benchmark: episodes/s of vectorized evaluation against playing one env at a time.
 
 Both play the same seeded episodes with the same model in the same run: ``rollout`` with ``--num-envs``
-envs and one batched forward per step, against ``rollout_reference`` (one env, a batch-of-one forward
-per step, windows rebuilt from lists). ``rollout`` with one env is timed too, to separate the gain of
-batching from the cost of window bookkeeping. The three are interleaved and the median of ``--runs``
-repeats is printed, with the ratio. Results must be identical (same seeds, greedy): that is checked.
+envs and one batched forward per step, against ``rollout`` with one env (a batch-of-one forward per
+step). The two are interleaved and the median of ``--runs`` repeats is printed, with the ratio. Results
+must be identical (same seeds, greedy): that is checked.
 
 The model is a randomly initialised DT of the default size (``DTConfig()``) or a checkpoint given with
 ``--checkpoint`` (its env spec and RTG scale are then used). An untrained model rarely ends an episode
@@ -22,9 +21,8 @@ import time
 import torch
 
 from dtinterp.model import DTConfig, HookedDecisionTransformer
-from dtinterp.model.checkpoint import load_checkpoint
-from dtinterp.train.evaluate import spec_and_scale
-from dtinterp.train.rollout import rollout, rollout_reference
+from dtinterp.model.checkpoint import Checkpoint, load_checkpoint
+from dtinterp.play.rollout import rollout
 from envs import EnvSpec, obs_shape
 
 
@@ -44,15 +42,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     if args.checkpoint:
-        model, meta = load_checkpoint(args.checkpoint, device=args.device)
-        spec, rtg_scale = spec_and_scale(meta, args.checkpoint)
+        ckpt = load_checkpoint(args.checkpoint, device=args.device)
         source = args.checkpoint
     else:
-        spec, rtg_scale = EnvSpec(args.env, max_steps=args.max_steps), 1.0
+        spec = EnvSpec(args.env, max_steps=args.max_steps)
         cfg = DTConfig(obs_shape=obs_shape(spec)[:2], max_timestep=args.max_steps, seed=0, device=args.device)
         model = HookedDecisionTransformer(cfg).to(args.device).eval()
+        ckpt = Checkpoint.from_model(model, {"env_spec": spec.to_dict(), "rtg_scale": 1.0})
         source = "random DTConfig() model"
-    cfg = model.cfg
+    spec, cfg = ckpt.env_spec, ckpt.config
     seeds = list(range(args.episodes))
     print(
         f"{source}: {spec.env_id}, K={cfg.context_len}, n_layers={cfg.n_layers}, d_model={cfg.d_model}, "
@@ -68,10 +66,9 @@ def main() -> None:
 
     players = {
         f"vectorized (num_envs={args.num_envs})": lambda: rollout(
-            model, spec, 1.0, seeds, args.num_envs, rtg_scale, progress=False
+            ckpt, 1.0, seeds, args.num_envs, progress=False
         ),
-        "vectorized (num_envs=1)": lambda: rollout(model, spec, 1.0, seeds, 1, rtg_scale, progress=False),
-        "one env at a time (reference)": lambda: rollout_reference(model, spec, 1.0, seeds, rtg_scale),
+        "one env at a time (reference)": lambda: rollout(ckpt, 1.0, seeds, 1, progress=False),
     }
     rates: dict[str, list[float]] = {name: [] for name in players}
     outcomes = {}

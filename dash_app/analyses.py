@@ -495,7 +495,9 @@ def register(app: Dash) -> None:
         r = run_in_app(model, data, step, plugin_id, raw, target, windows, edits, progress=progress)
         if not r["ok"]:
             return "", [], None, r["message"], True, True
-        graphs = [html.P(r["ran_on"], className="ran-on")] + [_figure_graph(i, f) for i, f in enumerate(r["figures"])]
+        graphs = [html.P(r["ran_on"], className="ran-on")] + [
+            _figure_graph(i, f) for i, f in enumerate(r["figures"])
+        ]
         store = {"report": r["report"], "json": r["result_json"]}
         summary = f"{r['summary']}\n({len(r['figures'])} figure(s) in {r['seconds']:.2f} s)"
         return summary, graphs, store, r["message"], False, r["result_json"] is None

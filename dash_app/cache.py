@@ -244,7 +244,11 @@ class EnvCache:
         if env is not None:
             return env
         return resimulate(
-            episode.env_spec, episode.seed, episode.actions[:n], episode.obs[: n + 1], episode.directions[: n + 1]
+            episode.env_spec,
+            episode.seed,
+            episode.actions[:n],
+            episode.obs[: n + 1],
+            episode.directions[: n + 1],
         )
 
     def checkin(self, session: str, episode: Episode, env: gym.Env, n_actions: int | None = None) -> None:

@@ -13,7 +13,9 @@ from dtinterp.cli import Command
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``dtinterp app``."""
-    p.add_argument("--model", default=None, help="shipped model name or checkpoint directory (default memory-s7)")
+    p.add_argument(
+        "--model", default=None, help="shipped model name or checkpoint directory (default memory-s7)"
+    )
     p.add_argument("--port", type=int, default=8050)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
 

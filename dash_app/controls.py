@@ -118,7 +118,9 @@ def _from_control(plugin: Analysis, param: Param, value: Any) -> Any:
             f"plugin {plugin.id!r} parameter {param.name!r}: enter a valid number ({param.describe_type()})"
         )
     if param.type == "choice" and value is None:
-        raise ParameterError(f"plugin {plugin.id!r} parameter {param.name!r}: choose {param.describe_type()}")
+        raise ParameterError(
+            f"plugin {plugin.id!r} parameter {param.name!r}: choose a value ({param.describe_type()})"
+        )
     if param.type == "str" and value is None:
         return ""
     return value

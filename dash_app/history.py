@@ -92,10 +92,13 @@ def register(app: Dash) -> None:
         Input(ids.HISTORY_SLIDER, "value"),
         Input(ids.TRAJ_STORE, "data"),
         Input(ids.TABS, "value"),
+        State(ids.HISTORY_SLIDER, "max"),
         State(ids.MODEL_STORE, "data"),
         State(ids.SESSION_STORE, "data"),
     )
-    def _show(step: int | None, data: Any, tab: str, model: str, session: str) -> tuple[Any, ...]:
+    def _show(
+        step: int | None, data: Any, tab: str, shown_max: int | None, model: str, session: str
+    ) -> tuple[Any, ...]:
         if tab != ids.TAB_HISTORY:
             return (no_update,) * 7
         try:
@@ -104,8 +107,8 @@ def register(app: Dash) -> None:
         except DtinterpError as exc:
             return 0, 0, None, None, str(exc), None, []
         last = 0 if episode is None else episode.n_obs - 1
-        if ctx.triggered_id == ids.TRAJ_STORE or step is None or step > last:
-            step = last  # a new episode: show its latest step
+        if ctx.triggered_id == ids.TRAJ_STORE or step is None or step > last or shown_max != last:
+            step = last  # a new or longer episode than the one shown: show its latest step
         v = history_view(session, entry, episode, step)
         info = html.Table([html.Tr([html.Th(k), html.Td(val)]) for k, val in v["info"]])
         return last, step, v["world"], v["pov"], v["message"] or v["note"], info, token_chips(v["tokens"])

@@ -325,9 +325,9 @@ def register(app: Dash) -> None:
     )
     def _play(*args: Any) -> tuple[Any, ...]:
         target, model, data, tab, session, seed = args[-6:]
-        n_out = 12 + len(ids.PLAY_ACTION_BUTTONS)
+        n_out = 11 + len(ids.PLAY_ACTION_BUTTONS)
         event = ctx.triggered_id
-        if event in (ids.TRAJ_STORE, ids.TABS) and tab != ids.TAB_PLAY:
+        if event in (ids.TRAJ_STORE, ids.TABS) and tab != ids.TAB_PLAY and data is not None:
             return (no_update,) * n_out  # another tab changed the episode: redraw when Play is shown
         try:
             episode = load_episode(data)
@@ -336,7 +336,10 @@ def register(app: Dash) -> None:
         else:
             message = ""
         new = None
-        if event not in (ids.TRAJ_STORE, ids.TABS):
+        if data is None or event not in (
+            ids.TRAJ_STORE,
+            ids.TABS,
+        ):  # no episode yet: the page load starts one
             new, message = play_event(
                 event if data is not None else None, session, model, episode, seed, target
             )

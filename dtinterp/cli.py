@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 #: Entry-point group of sub-commands contributed by other packages.
 COMMANDS_GROUP = "dtinterp.commands"
@@ -32,6 +32,7 @@ class Command:
     """Declares the command's arguments (cheap: no heavy imports)."""
     handler: str
     """``"module:function"`` taking the parsed args and returning an exit code, imported when run."""
+
 
 # command name -> "module:function" taking the parsed args and returning an exit code
 _COMMANDS = {
@@ -65,8 +66,8 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``dtinterp`` argument parser."""
+def build_parser(load: Collection[str] = ()) -> argparse.ArgumentParser:
+    """The ``dtinterp`` argument parser; contributed commands named in ``load`` get their full arguments."""
     p = argparse.ArgumentParser(prog="dtinterp", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -156,25 +157,29 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", default="cpu")
     a.set_defaults(command_key="analyze")
 
-    for command in contributed_commands():
-        c = sub.add_parser(command.name, help=command.help)
+    for name, ep in sorted(contributed_commands().items()):
+        if name not in load:  # named only: its package is imported when the command is asked for
+            c = sub.add_parser(
+                name, help=f"(from {ep.value.split(':')[0].split('.')[0]}: dtinterp {name} -h)"
+            )
+            c.set_defaults(command_key=name, handler=None)
+            continue
+        try:
+            command = ep.load()
+            if not isinstance(command, Command):
+                raise TypeError(f"{ep.value} is not a dtinterp.cli.Command")
+        except Exception as exc:  # noqa: BLE001 - a broken package must not take the CLI down
+            print(f"dtinterp: warning: command {name!r} could not be loaded: {exc}", file=sys.stderr)
+            continue
+        c = sub.add_parser(name, help=command.help)
         command.add_arguments(c)
-        c.set_defaults(command_key=command.name, handler=command.handler)
+        c.set_defaults(command_key=name, handler=command.handler)
     return p
 
 
-def contributed_commands() -> list[Command]:
-    """The :class:`Command` objects registered under :data:`COMMANDS_GROUP` (broken ones are skipped)."""
-    out = []
-    for ep in entry_points(group=COMMANDS_GROUP):
-        try:
-            command = ep.load()
-        except Exception as exc:  # noqa: BLE001 - a broken package must not take the CLI down
-            print(f"dtinterp: warning: command {ep.name!r} could not be loaded: {exc}", file=sys.stderr)
-            continue
-        if isinstance(command, Command) and command.name not in _COMMANDS:
-            out.append(command)
-    return sorted(out, key=lambda c: c.name)
+def contributed_commands() -> dict[str, EntryPoint]:
+    """Sub-commands registered under :data:`COMMANDS_GROUP` by name (built-in names cannot be taken)."""
+    return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP) if ep.name not in _COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -182,7 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dtinterp.errors import DtinterpError
     from envs.errors import EnvSpecError
 
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Contributed commands are imported only when asked for (or for help), so `dtinterp analyze` never
+    # imports the packages that contribute other commands.
+    first = argv[0] if argv else "-h"
+    contributed = contributed_commands()
+    load = set(contributed) if first in ("-h", "--help") else {first} & set(contributed)
+    args = build_parser(load).parse_args(argv)
     module_name, func_name = (getattr(args, "handler", None) or _COMMANDS[args.command_key]).split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     try:

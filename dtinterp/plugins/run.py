@@ -11,8 +11,9 @@ through :func:`run_analysis`, so they check the same things in the same order:
    weights digest), the env and the episode (source, seed, target return), the steps or windows, the
    edits, the resolved parameters and the package version — enough to rerun it.
 
-What analyses the windows means (``target``): :data:`TARGET_CLEAN` the windows as given,
-:data:`TARGET_EDITED` the windows with the edits applied. A counterfactual analysis always gets both.
+What the analysis reads (``target``): :data:`TARGET_CLEAN` the windows as given (with any edits as the
+counterfactual, ``ctx.counterfactual``), :data:`TARGET_EDITED` the windows with the edits applied, read as
+if they were clean. A counterfactual analysis (``needs_counterfactual``) always gets clean vs edited.
 """
 
 from __future__ import annotations
@@ -141,13 +142,13 @@ def run_analysis(
             f"the windows hold {tuple(inputs.obs.shape[2:4])} observations but the model reads "
             f"{checkpoint.config.obs_shape}"
         )
-    if plugin.category == "static" and not plugin.needs_counterfactual:
-        ctx_inputs, ctx_edits, what = inputs, [], "weights only (the windows are not read)"
-    elif plugin.needs_counterfactual:
-        ctx_inputs, ctx_edits, what = inputs, edit_list, "clean vs edited windows"
-    elif target == TARGET_EDITED:
+    if inputs is None:
+        ctx_inputs, ctx_edits, what = None, [], "weights only (no windows)"
+    elif target == TARGET_EDITED and not plugin.needs_counterfactual:
         ctx_inputs, ctx_edits = apply_edits(inputs, edit_list, checkpoint.rtg_scale), []
         what = "the edited windows"
+    elif edit_list:  # the clean windows, with the edited ones as the counterfactual
+        ctx_inputs, ctx_edits, what = inputs, edit_list, "clean vs edited windows"
     else:
         ctx_inputs, ctx_edits, what = inputs, [], "the clean windows"
     source = dict(source or {})

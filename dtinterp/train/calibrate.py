@@ -117,9 +117,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from dtinterp.model.checkpoint import load_checkpoint  # heavy: only once the arguments are valid
 
     ckpt = load_checkpoint(args.model_dir, device=device)
-    result = calibrate(
-        ckpt, args.rtg_min, args.rtg_max, args.points, args.episodes, args.seed, args.num_envs
-    )
+    result = calibrate(ckpt, args.rtg_min, args.rtg_max, args.points, args.episodes, args.seed, args.num_envs)
     result["model_dir"] = str(args.model_dir)
     write_html(calibration_figure(result), html_path)
     write_json(json_path, result)

@@ -116,7 +116,15 @@ def evaluate(
             summarize(
                 rtg,
                 rollout(
-                    checkpoint, rtg, seeds, num_envs, sample, seed, progress=False, on_episode=tick, hooks=hooks
+                    checkpoint,
+                    rtg,
+                    seeds,
+                    num_envs,
+                    sample,
+                    seed,
+                    progress=False,
+                    on_episode=tick,
+                    hooks=hooks,
                 ),
             )
             for rtg in rtgs

@@ -22,7 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from dash_app import ids  # noqa: E402
 from dash_app.layout import TABS  # noqa: E402
-from dtinterp.data.dataset import TrajectoryDataset  # noqa: E402
+from dtinterp.data.episode import Episode  # noqa: E402
 from tests.app.reference import greedy_episode  # noqa: E402
 
 __all__ = ["By", "Keys", "TIMEOUT"]  # the test modules take selenium's names from here, after the guard
@@ -226,7 +226,7 @@ def page_episode(driver: WebDriver) -> tuple[int, float]:
     return int(seed), float(target)
 
 
-def play_dt_episode(driver: WebDriver) -> TrajectoryDataset:
+def play_dt_episode(driver: WebDriver) -> Episode:
     """Let the model play the page's episode to the end in the Play tab; returns the reference episode."""
     episode = greedy_episode(*page_episode(driver))
     click(driver, ids.PLAY_DT_RUN)

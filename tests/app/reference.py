@@ -10,17 +10,16 @@ import functools
 
 import numpy as np
 import torch
-from dash_app.state import DEFAULT_MODEL, png_data_uri  # noqa: E402
-from dtinterp.interp.trajectory import ROLLOUT_POLICY, episode_window, model_env_spec, rollout_trajectory
 
 # the app's identity constants and PNG encoder: the tests compare pixels and numbers, not encoders
-from dash_app.play import TILE  # noqa: E402
-from dtinterp.data.dataset import TrajectoryDataset
+from dash_app.cache import DEFAULT_MODEL
+from dash_app.images import TILE, png_data_uri
+from dtinterp.data.episode import Episode
 from dtinterp.interp.edits import apply_edits, parse_edit
-from dtinterp.model.checkpoint import load_checkpoint
-from dtinterp.model.hooked_dt import HookedDecisionTransformer
+from dtinterp.model.checkpoint import Checkpoint, load_checkpoint
 from dtinterp.model.shipped import resolve_model
-from envs.encoding import ACTION_NAMES
+from dtinterp.play.rollout import play_episode
+from envs.encoding import ACTION_NAMES, compact_obs
 from envs.render import render_world
 from envs.spec import make_env
 
@@ -29,15 +28,14 @@ MODEL = DEFAULT_MODEL
 
 
 @functools.cache
-def reference_model() -> tuple[HookedDecisionTransformer, dict]:
-    """A private copy of the default model and its checkpoint meta."""
-    model, meta = load_checkpoint(resolve_model(MODEL))
-    return model.eval(), meta
+def reference_model() -> Checkpoint:
+    """A private copy of the default model's checkpoint."""
+    return load_checkpoint(resolve_model(MODEL))
 
 
 def world_png(seed: int, actions: list[int]) -> str:
     """PNG data URI of the model's env reset with ``seed`` after ``actions``, rendered as the app renders it."""
-    env = make_env(model_env_spec(reference_model()[1]))
+    env = make_env(reference_model().env_spec)
     try:
         env.reset(seed=seed)
         for a in actions:
@@ -48,32 +46,29 @@ def world_png(seed: int, actions: list[int]) -> str:
 
 
 @functools.cache
-def greedy_episode(seed: int, target: float = 1.0) -> TrajectoryDataset:
+def greedy_episode(seed: int, target: float = 1.0) -> Episode:
     """The model's greedy episode from ``seed`` at target return ``target`` (what "DT run to end" plays)."""
-    model, meta = reference_model()
-    return rollout_trajectory(model, meta, target, seed)
+    return play_episode(reference_model(), target, seed)
 
 
 def _probs(inputs) -> np.ndarray:
-    model, _ = reference_model()
     with torch.inference_mode():
-        return torch.softmax(model(inputs)[0, -1].float(), -1).numpy()
+        return torch.softmax(reference_model().model(inputs)[0, -1].float(), -1).numpy()
 
 
-def step_probs(ds: TrajectoryDataset, step: int, edits: tuple[str, ...] = ()) -> dict[str, float]:
-    """``{action: probability}`` of the model at ``step`` of a one-episode dataset, with token edits."""
-    model, meta = reference_model()
-    rtg_scale = float(meta.get("rtg_scale", 1.0))
-    inputs = episode_window(ds, 0, step, model, rtg_scale)
+def step_probs(episode: Episode, step: int, edits: tuple[str, ...] = ()) -> dict[str, float]:
+    """``{action: probability}`` of the model at ``step`` of an episode, with token edits."""
+    ckpt = reference_model()
+    inputs = episode.window(ckpt, step)
     if edits:
-        inputs = apply_edits(inputs, [parse_edit(e) for e in edits], rtg_scale)
+        inputs = apply_edits(inputs, [parse_edit(e) for e in edits], ckpt.rtg_scale)
     return {ACTION_NAMES[i]: float(p) for i, p in enumerate(_probs(inputs))}
 
 
-def decision_step(ds: TrajectoryDataset, edit: str) -> int:
+def decision_step(episode: Episode, edit: str) -> int:
     """The first step of the episode whose greedy action ``edit`` changes (the step where it matters)."""
-    for t in range(len(ds.actions)):
-        before, after = step_probs(ds, t), step_probs(ds, t, (edit,))
+    for t in range(episode.length):
+        before, after = step_probs(episode, t), step_probs(episode, t, (edit,))
         if max(before, key=before.get) != max(after, key=after.get):
             return t
     raise AssertionError(f"{edit} changes no greedy action of the {MODEL} episode: the model ignores it")
@@ -82,14 +77,9 @@ def decision_step(ds: TrajectoryDataset, edit: str) -> int:
 def live_probs(seed: int, actions: list[int], target: float = 1.0) -> dict[str, float]:
     """The model's distribution at the current state of a live episode: ``actions`` taken from ``seed``.
 
-    Built as a one-episode dataset with a placeholder action at the current state, which the window at
-    that state never embeds (its last action is the one predicted).
+    The live episode is rebuilt by stepping a fresh env directly (not the app's env cache).
     """
-    from dtinterp.data.dataset import make_metadata
-    from envs.encoding import compact_obs
-
-    model, meta = reference_model()
-    spec = model_env_spec(meta)
+    spec = reference_model().env_spec
     env = make_env(spec)
     obs_l, dir_l, rew_l = [], [], []
     try:
@@ -103,17 +93,14 @@ def live_probs(seed: int, actions: list[int], target: float = 1.0) -> dict[str, 
                 rew_l.append(float(r))
     finally:
         env.close()
-    n = len(actions) + 1
-    policy = {"name": ROLLOUT_POLICY, "params": {"seeds": [seed], "target_rtg": [target]}, "modes": ["play"]}
-    ds = TrajectoryDataset(
+    live = Episode(
+        env_spec=spec,
         obs=np.stack(obs_l),
         directions=np.asarray(dir_l, dtype=np.uint8),
-        actions=np.asarray([*actions, 0], dtype=np.uint8),
-        rewards=np.asarray([*rew_l, 0.0], dtype=np.float32),
-        terminated=np.zeros(n, dtype=bool),
-        truncated=np.eye(1, n, n - 1, dtype=bool)[0],
-        episode_starts=np.array([0, n], dtype=np.int64),
-        episode_modes=np.zeros(1, dtype=np.uint8),
-        metadata=make_metadata(spec, policy, seed=seed, episodes=1),
+        actions=np.asarray(actions, dtype=np.uint8),
+        rewards=np.asarray(rew_l, dtype=np.float32),
+        seed=seed,
+        target_return=target,
+        source="play",
     )
-    return step_probs(ds, n - 1)
+    return step_probs(live, len(actions))

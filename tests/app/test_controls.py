@@ -136,7 +136,7 @@ def test_edited_values_come_back_typed() -> None:
         ({"scale": -0.1}, "below the minimum 0"),
         ({"free": None}, "enter a valid number (float)"),
         ({"k": "8"}, "is not one of [1, 2, 4]"),
-        ({"mode": None}, "choose one of shift, set"),
+        ({"mode": None}, "choose a value (choice: shift | set)"),
         ({"nope": 1}, "has no parameter 'nope'"),
     ],
 )

@@ -16,13 +16,16 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
-from dash_app.state import InputError, dataset_to_traj, model_entry, step_window, traj_to_dataset
-from dtinterp.interp.trajectory import episode_window, rollout_trajectory
 
 from dash_app import analyses, replay
+from dash_app.cache import model_entry
+from dash_app.inputs import InputError
 from dtinterp.data.collect import collect
 from dtinterp.data.dataset import load_dataset, save_dataset
+from dtinterp.data.episode import Episode
+from dtinterp.errors import DtinterpError
 from dtinterp.interp.edits import EditError, SetRTG, apply_edits, parse_edit
+from dtinterp.play.rollout import play_episode
 from dtinterp.plugins.api import Analysis, AnalysisContext, AnalysisResult, Param
 from dtinterp.plugins.registry import get_registry, load_registry
 from envs.encoding import ACTION_NAMES, OBJECT_NAMES
@@ -36,9 +39,15 @@ def entry():
 
 
 @pytest.fixture(scope="module")
-def traj(entry) -> dict:
+def episode(entry) -> Episode:
     """A finished greedy episode of the shipped Memory agent (7 steps, seed 3)."""
-    return dataset_to_traj(rollout_trajectory(entry.model, entry.meta, 1.0, 3), 0, entry.key, "rollout")
+    return play_episode(entry.checkpoint, 1.0, 3)
+
+
+@pytest.fixture(scope="module")
+def traj(episode) -> dict:
+    """The same episode as the page's store holds it."""
+    return json.loads(json.dumps(episode.to_json()))
 
 
 def _upload(data: bytes) -> str:
@@ -48,25 +57,24 @@ def _upload(data: bytes) -> str:
 # ------------------------------------------------------------------ loading and saving
 
 
-def test_saved_trajectory_uploads_back_to_the_same_windows(entry, traj) -> None:
-    data = replay.traj_npz_bytes(traj)
+def test_saved_episode_uploads_back_to_the_same_windows(entry, episode) -> None:
+    data = replay.episode_npz_bytes(episode)
     back = replay.load_upload(_upload(data), "run.npz", None, entry)
-    for key in ("actions", "rewards", "obs_b64", "directions", "target_rtg", "seed", "terminated"):
-        assert back[key] == traj[key], key
-    assert back["source"] == "file"
-    for step in range(len(traj["actions"])):
-        a, b = step_window(traj, entry, step), step_window(back, entry, step)
-        assert all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("obs", "rtg", "actions", "timesteps"))
+    for key in ("actions", "rewards", "obs", "directions"):
+        assert np.array_equal(getattr(back, key), getattr(episode, key)), key
+    assert (back.target_return, back.seed, back.terminated) == (1.0, 3, episode.terminated)
+    assert back.source == "file" and back.info["file"] == "run.npz"
+    a, b = episode.windows(entry.checkpoint), back.windows(entry.checkpoint)
+    assert all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("obs", "rtg", "actions", "timesteps"))
 
 
-def test_saved_file_is_a_trajectory_file_for_the_library(entry, traj, tmp_path) -> None:
+def test_saved_file_is_a_trajectory_file_for_the_library(entry, episode, tmp_path) -> None:
     path = tmp_path / "t.npz"
-    path.write_bytes(replay.traj_npz_bytes(traj))
+    path.write_bytes(replay.episode_npz_bytes(episode))
     ds = load_dataset(path)
-    assert ds.n_episodes == 1 and ds.n_transitions == len(traj["actions"])
-    last = len(traj["actions"]) - 1
-    lib = episode_window(ds, 0, last, entry.model, entry.rtg_scale, entry.spec)
-    app = step_window(traj, entry, last)
+    assert ds.n_episodes == 1 and ds.n_transitions == episode.length
+    lib = Episode.from_dataset(ds, 0).window(entry.checkpoint)
+    app = episode.window(entry.checkpoint, episode.length - 1)
     assert torch.equal(lib.rtg, app.rtg) and torch.equal(lib.obs, app.obs)
 
 
@@ -80,20 +88,20 @@ def test_saved_file_is_a_trajectory_file_for_the_library(entry, traj, tmp_path) 
         (None, "is empty"),
     ],
 )
-def test_corrupt_upload_is_a_message_naming_the_file(entry, traj, contents, fragment) -> None:
+def test_corrupt_upload_is_a_message_naming_the_file(entry, episode, contents, fragment) -> None:
     with pytest.raises(InputError) as err:
         replay.load_upload(contents, "broken.npz", None, entry)
     assert fragment in str(err.value) and "'broken.npz'" in str(err.value)
     assert "dtinterp-upload" not in str(err.value)  # the temporary path is not shown
     # Through the callback's function: nothing changes, a message says why, no exception.
     new, keep, message = replay.load_event(
-        "replay-upload", MODEL, traj, None, contents, "broken.npz", None, None
+        "replay-upload", MODEL, episode, None, contents, "broken.npz", None, None
     )
     assert new is None and keep is None and "broken.npz" in message
 
 
-def test_truncated_upload_is_refused(entry, traj) -> None:
-    data = replay.traj_npz_bytes(traj)
+def test_truncated_upload_is_refused(entry, episode) -> None:
+    data = replay.episode_npz_bytes(episode)
     with pytest.raises(InputError, match="uploaded file 'cut.npz'"):
         replay.load_upload(_upload(data[: len(data) // 2]), "cut.npz", None, entry)
 
@@ -102,7 +110,7 @@ def test_upload_from_another_env_is_refused(entry, tiny_dataset, tmp_path) -> No
     path = tmp_path / "empty.npz"
     save_dataset(tiny_dataset.select_episodes([0]), path)
     with pytest.raises(
-        InputError, match="recorded in .*MiniGrid-Empty-5x5-v0.* but the model memory-s7 plays"
+        DtinterpError, match="'empty.npz' is in .*MiniGrid-Empty-5x5-v0.* but the model memory-s7 plays"
     ):
         replay.load_upload(_upload(path.read_bytes()), "empty.npz", None, entry)
 
@@ -110,7 +118,7 @@ def test_upload_from_another_env_is_refused(entry, tiny_dataset, tmp_path) -> No
 @pytest.fixture(scope="module")
 def memory_dataset(entry, tmp_path_factory):
     """Three collected episodes of the model's env, saved to disk."""
-    ds = collect(entry.spec, 3, "mixed", seed=5, progress=False)
+    ds = collect(entry.checkpoint.env_spec, 3, "mixed", seed=5, progress=False)
     path = tmp_path_factory.mktemp("data") / "memory.npz"
     save_dataset(ds, path)
     return ds, path
@@ -123,8 +131,9 @@ def test_dataset_episode_by_path_and_by_upload(entry, memory_dataset) -> None:
         replay.load_dataset_episode(str(path), "2", entry),
         replay.load_upload(_upload(path.read_bytes()), "memory.npz", 2, entry),
     ):
-        assert got["actions"] == [int(a) for a in ds.actions[sl]]
-        assert got["target_rtg"] == pytest.approx(float(ds.rewards[sl].sum()))
+        assert got.actions.tolist() == [int(a) for a in ds.actions[sl]]
+        assert got.target_return is None and got.episode_return == pytest.approx(float(ds.rewards[sl].sum()))
+        assert got.seed == 7  # collected with seed 5: episode 2 was reset with 5 + 2, confirmed by replay
     with pytest.raises(InputError, match="has 3 episode\\(s\\): episode 3 does not exist"):
         replay.load_dataset_episode(str(path), 3, entry)
     with pytest.raises(InputError, match="must be a non-negative integer"):
@@ -137,13 +146,13 @@ def test_dataset_episode_by_path_and_by_upload(entry, memory_dataset) -> None:
 
 def test_use_played_brings_back_the_played_episode(entry, traj, memory_dataset) -> None:
     _, path = memory_dataset
-    played = {**traj, "source": "play"}
+    played = Episode.from_json({**traj, "source": "play"})
     new, keep, message = replay.load_event(
         "replay-load-dataset", MODEL, played, None, None, None, str(path), 1
     )
-    assert new["source"] == "dataset" and keep is played and message == ""
+    assert new.source == "dataset" and keep == played.to_json() and message == ""
     back, keep2, message = replay.load_event("replay-use-played", MODEL, new, keep, None, None, None, None)
-    assert back is played and keep2 is played and message == ""
+    assert back.to_json() == played.to_json() and keep2 is keep and message == ""
     none, _, message = replay.load_event("replay-use-played", MODEL, new, None, None, None, None, None)
     assert none is None and "no played episode" in message
 
@@ -163,12 +172,12 @@ def test_parse_edits_reads_lines_and_reports_every_bad_one() -> None:
     assert "\n" not in message
 
 
-def test_before_after_are_the_contexts_softmax(entry, traj) -> None:
+def test_before_after_are_the_contexts_softmax(entry, episode) -> None:
     step = 5  # where the Memory agent picks the matching object: the RTG matters
-    inputs = step_window(traj, entry, step)
+    inputs = episode.window(entry.checkpoint, step)
     edits = [parse_edit("R*=0.0")]
     before, after, edited = replay.predict_before_after(entry, inputs, edits)
-    ctx = AnalysisContext(entry.model, inputs, entry.meta, edits)  # an independent context
+    ctx = AnalysisContext(entry.model, inputs, entry.checkpoint.meta, edits)  # an independent context
     np.testing.assert_allclose(before, torch.softmax(ctx.logits[0, -1], -1).numpy(), rtol=0, atol=1e-6)
     np.testing.assert_allclose(after, torch.softmax(ctx.cf_logits[0, -1], -1).numpy(), rtol=0, atol=1e-6)
     assert torch.equal(edited.rtg, ctx.counterfactual.rtg)
@@ -179,12 +188,12 @@ def test_before_after_are_the_contexts_softmax(entry, traj) -> None:
     assert none is None and no_edit is None
 
 
-def test_identity_edits_leave_the_distribution_identical(entry, traj) -> None:
-    inputs = step_window(traj, entry, 5)
+def test_identity_edits_leave_the_distribution_identical(entry, episode) -> None:
+    inputs = episode.window(entry.checkpoint, 5)
     K = inputs.context_len
     obj = int(inputs.obs[0, K - 1, 3, 5, 0])
     identity = [
-        parse_edit(str(SetRTG(K, float(inputs.rtg[0, K - 1]) * entry.rtg_scale))),
+        parse_edit(str(SetRTG(K, float(inputs.rtg[0, K - 1]) * entry.checkpoint.rtg_scale))),
         parse_edit(f"A{K - 1}={ACTION_NAMES[int(inputs.actions[0, K - 2])]}"),
         parse_edit(f"S{K}[3,5].object={OBJECT_NAMES[obj]}"),
         parse_edit(f"T{K}={int(inputs.timesteps[0, K - 1])}"),
@@ -196,8 +205,8 @@ def test_identity_edits_leave_the_distribution_identical(entry, traj) -> None:
     np.testing.assert_array_equal(before, after)
 
 
-def test_replay_view_flags_exactly_the_edited_tokens(entry, traj) -> None:
-    v = replay.replay_view(MODEL, traj, 5, "R*=0.0\nS10.direction=left")
+def test_replay_view_flags_exactly_the_edited_tokens(entry, episode) -> None:
+    v = replay.replay_view(entry, episode, 5, "R*=0.0\nS10.direction=left")
     assert v["message"] == "" and v["applied"] and v["edits"] == ["R*=0.0", "S10.direction=left"]
     real = {t["label"] for t in v["tokens"] if not t["pad"]}
     flagged = {t["label"] for t in v["tokens"] if t["edited"]}
@@ -206,7 +215,7 @@ def test_replay_view_flags_exactly_the_edited_tokens(entry, traj) -> None:
     assert [k for k, _ in v["timesteps"]] == list(range(5, 11))  # steps 0..5 fill the last 6 slots
 
 
-def test_bad_edits_show_a_message_and_the_clean_window(entry, traj) -> None:
+def test_bad_edits_show_a_message_and_the_clean_window(entry, episode) -> None:
     for text, fragment in (
         ("A1=left", "timestep 1 is padding in this window"),
         ("S10[7,0].object=key", "cell (7, 0) is outside the 7x7 grid"),
@@ -214,12 +223,12 @@ def test_bad_edits_show_a_message_and_the_clean_window(entry, traj) -> None:
         ("A10=left", "the last action is the one predicted"),
         ("R11=0", "outside the window 1..10"),
     ):
-        v = replay.replay_view(MODEL, traj, 5, text)
+        v = replay.replay_view(entry, episode, 5, text)
         assert fragment in v["message"], text
         assert v["before"] is not None and v["after"] is None
         assert not v["applied"] and v["edits"] == []
         assert not any(t["edited"] for t in v["tokens"])
-    v = replay.replay_view(MODEL, traj, 99, "")
+    v = replay.replay_view(entry, episode, 99, "")
     assert "step 99 out of range" in v["message"] and v["before"] is None
 
 
@@ -311,7 +320,7 @@ def test_every_registered_plugin_runs_and_reports(traj) -> None:
     stages: list[int] = []
     for pid, plugin in registry.plugins.items():
         stages.clear()
-        r = analyses.run_analysis(
+        r = analyses.run_in_app(
             MODEL, traj, 5, pid, {}, edits=["R*=0.0"], progress=lambda i, _text: stages.append(i)
         )
         assert r["ok"], (pid, r["message"])
@@ -323,19 +332,19 @@ def test_every_registered_plugin_runs_and_reports(traj) -> None:
         html = analyses.report_html(r["report"], page_figures)
         assert html.count('<div id="figure-') == len(r["figures"]) and plugin.title in html
         if plugin.needs_counterfactual:
-            bad = analyses.run_analysis(MODEL, traj, 5, pid, {}, edits=[])
-            assert not bad["ok"] and "add at least one edit" in bad["message"]
+            bad = analyses.run_in_app(MODEL, traj, 5, pid, {}, edits=[])
+            assert not bad["ok"] and "give at least one edit" in bad["message"]
 
 
-def test_targets_and_windows_select_the_inputs(entry, traj, test_registry) -> None:
+def test_targets_and_windows_select_the_inputs(entry, episode, traj, test_registry) -> None:
     edits = ["R*=0.0"]
-    inputs = step_window(traj, entry, 5)
-    edited = apply_edits(inputs, [parse_edit(e) for e in edits], entry.rtg_scale)
+    inputs = episode.window(entry.checkpoint, 5)
+    edited = apply_edits(inputs, [parse_edit(e) for e in edits], entry.checkpoint.rtg_scale)
     with torch.inference_mode():
         clean_logits, edited_logits = entry.model(inputs)[:, -1], entry.model(edited)[:, -1]
 
     def run(pid: str, **kw: Any) -> dict:
-        r = analyses.run_analysis(MODEL, traj, 5, pid, {"scale": 2.0}, registry=test_registry, **kw)
+        r = analyses.run_in_app(MODEL, traj, 5, pid, {"scale": 2.0}, registry=test_registry, **kw)
         assert r["ok"], r["message"]
         return r
 
@@ -348,26 +357,26 @@ def test_targets_and_windows_select_the_inputs(entry, traj, test_registry) -> No
     torch.testing.assert_close(_logits(cf, "cf"), edited_logits)
     episode = run("test-last-logits", windows="episode")
     assert json.loads(episode["result_json"])["data"]["batch"] == len(traj["actions"])
-    r = analyses.run_analysis(MODEL, traj, 5, "test-last-logits", {}, "edited", registry=test_registry)
-    assert not r["ok"] and "needs edits" in r["message"]
+    r = analyses.run_in_app(MODEL, traj, 5, "test-last-logits", {}, "edited", registry=test_registry)
+    assert not r["ok"] and "no edits were given" in r["message"]
 
 
 def test_failures_are_one_line_messages_and_others_keep_working(traj, test_registry) -> None:
-    r = analyses.run_analysis(MODEL, traj, 5, "test-boom", {}, registry=test_registry)
+    r = analyses.run_in_app(MODEL, traj, 5, "test-boom", {}, registry=test_registry)
     assert not r["ok"] and r["figures"] == []
     assert r["message"] == "plugin 'test-boom' failed at compute: ZeroDivisionError: division by zero"
-    assert analyses.run_analysis(MODEL, traj, 5, "test-last-logits", {}, registry=test_registry)["ok"]
+    assert analyses.run_in_app(MODEL, traj, 5, "test-last-logits", {}, registry=test_registry)["ok"]
     for pid, params, target, edits, fragment in (
         ("test-last-logits", {"scale": -1.0}, "clean", [], "below the minimum 0"),
         ("test-last-logits", {"scale": None}, "clean", [], "enter a valid number"),
         ("no-such", {}, "clean", [], "unknown analysis 'no-such'"),
         ("test-last-logits", {}, "edited", ["bogus"], "cannot parse edit 'bogus'"),
     ):
-        r = analyses.run_analysis(MODEL, traj, 5, pid, params, target, edits=edits, registry=test_registry)
+        r = analyses.run_in_app(MODEL, traj, 5, pid, params, target, edits=edits, registry=test_registry)
         assert not r["ok"] and fragment in r["message"], (pid, r["message"])
-    r = analyses.run_analysis(MODEL, None, None, "test-last-logits", {}, registry=test_registry)
-    assert not r["ok"] and "no trajectory" in r["message"]
-    r = analyses.run_analysis(
+    r = analyses.run_in_app(MODEL, None, None, "test-last-logits", {}, registry=test_registry)
+    assert not r["ok"] and "no episode" in r["message"]
+    r = analyses.run_in_app(
         MODEL, traj, 5, "test-last-logits", {}, "edited", "episode", ["A1=left"], registry=test_registry
     )
     assert not r["ok"] and "padding" in r["message"]  # the early windows of the episode are padded at A1
@@ -380,10 +389,10 @@ def test_forked_worker_ignores_locks_held_in_the_server(entry, traj, test_regist
     queue = fork.Queue()
 
     def job() -> None:
-        r = analyses.run_analysis(MODEL, traj, 5, "test-last-logits", {}, registry=test_registry)
+        r = analyses.run_in_app(MODEL, traj, 5, "test-last-logits", {}, registry=test_registry)
         queue.put((r["ok"], r["message"], r["result_json"]))
 
-    here = analyses.run_analysis(MODEL, traj, 5, "test-last-logits", {}, registry=test_registry)
+    here = analyses.run_in_app(MODEL, traj, 5, "test-last-logits", {}, registry=test_registry)
     held = threading.Event()
     release = threading.Event()
 
@@ -410,8 +419,29 @@ def test_forked_worker_ignores_locks_held_in_the_server(entry, traj, test_regist
     assert result_json == here["result_json"]
 
 
-def test_target_text_and_traj_dataset(traj) -> None:
-    text = analyses.target_text(MODEL, traj, 5, ["R*=0.0"])
-    assert "step 5 of a 7-step trajectory" in text and "R*=0.0" in text
-    assert "no trajectory" in analyses.target_text(MODEL, None, None, [])
-    assert traj_to_dataset(traj).n_transitions == 7
+def test_target_text_names_the_step_windows_and_edits(traj) -> None:
+    text = analyses.target_text(MODEL, traj, 5, ["R*=0.0"], "step", "edited")
+    assert "step 5 of a 7-step episode" in text and "edited windows" in text and "R*=0.0" in text
+    text = analyses.target_text(MODEL, traj, 5, [], "episode", "clean")
+    assert "every taken step (0..6)" in text and "clean windows" in text
+    assert "no episode yet" in analyses.target_text(MODEL, None, None, [], "step", "clean")
+
+
+def test_a_run_states_exactly_what_it_ran_on_and_its_provenance(entry, traj, test_registry) -> None:
+    r = analyses.run_in_app(
+        MODEL, traj, 4, "test-last-logits", {}, "edited", edits=["R*=0.5"], registry=test_registry
+    )
+    assert r["ok"], r["message"]
+    assert "the edited windows" in r["ran_on"] and "steps: 4" in r["ran_on"] and "R*=0.5" in r["ran_on"]
+    prov = json.loads(r["result_json"])["provenance"]
+    assert prov["model"]["name"] == "memory-s7" and len(prov["model"]["weights_sha256"]) == 64
+    assert prov["inputs"]["episode"]["seed"] == 3 and prov["inputs"]["steps"] == [4]
+    assert prov["edits"] == ["R*=0.5"] and prov["target"] == "the edited windows"
+    html = analyses.report_html(r["report"], r["figures"])
+    assert "Provenance" in html and "weights_sha256" in html
+
+
+def test_static_analyses_run_without_an_episode() -> None:
+    r = analyses.run_in_app(MODEL, None, None, "time-embeddings", {})
+    assert r["ok"], r["message"]
+    assert "weights only" in r["ran_on"]

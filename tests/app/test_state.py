@@ -1,4 +1,4 @@
-"""App state without a browser: trajectory JSON, windows, play logic, LRUs and session isolation.
+"""App state without a browser: episodes in the browser, windows, play logic, LRUs and session isolation.
 
 The callbacks are thin wrappers of the functions tested here (``play_event``, ``play_view``,
 ``history_view``, ``choose_model``), so these tests exercise what a click does.
@@ -6,43 +6,29 @@ The callbacks are thin wrappers of the functions tested here (``play_event``, ``
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from dash_app.state import (
-    CONTEXTS,
-    ENVS,
-    LRU,
-    MODELS,
-    EnvCache,
-    action_probs,
-    check_traj,
-    dataset_to_traj,
-    decode_obs,
-    default_model_key,
-    encode_obs,
-    episode_seed,
-    model_entry,
-    step_window,
-    traj_rtg,
-    traj_to_dataset,
-)
-from dtinterp.interp.trajectory import TrajectoryError, episode_window, rollout_trajectory
-from dtinterp.train.rollout import rollout
 
 from dash_app import ids
-from dash_app.history import history_view, window_tokens
+from dash_app.cache import CONTEXTS, ENVS, LRU, MODELS, EnvCache, default_model_key, model_entry
+from dash_app.history import history_view
 from dash_app.layout import choose_model, layout
 from dash_app.play import dt_run_to_end, dt_step, play_event, play_view, reset_episode, take_action
+from dash_app.widgets import window_tokens
 from dtinterp.data.dataset import load_dataset, save_dataset
+from dtinterp.data.episode import Episode
+from dtinterp.errors import EpisodeError
 from dtinterp.model.inputs import token_labels
+from dtinterp.play.rollout import play_episode, rollout
 from envs.encoding import ACTION_NAMES, compact_obs
-from envs.spec import EnvSpec, make_env
+from envs.replay import ReplayMismatch
+from envs.spec import make_env
 
 MODEL = "memory-s7"
 LEFT, RIGHT, FORWARD = 0, 1, 2
@@ -57,11 +43,11 @@ def _no_hooks(entry) -> bool:
     return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in entry.model.hook_points())
 
 
-def _played(entry, session: str, seed: int, actions: list[int], target: float = 1.0) -> dict:
-    traj = reset_episode(session, entry, seed, target)
+def _played(entry, session: str, seed: int, actions: list[int], target: float = 1.0) -> Episode:
+    episode = reset_episode(session, entry, seed, target)
     for a in actions:
-        traj = take_action(session, traj, a)
-    return traj
+        episode = take_action(session, episode, a)
+    return episode
 
 
 def _env_replay(spec, seed: int, actions: list[int]):
@@ -84,113 +70,113 @@ def _env_replay(spec, seed: int, actions: list[int]):
     return np.stack(grids), dirs, rewards
 
 
-def test_obs_encoding_round_trip():
-    rng = np.random.default_rng(0)
-    obs = rng.integers(0, 11, size=(5, 7, 7, 3), dtype=np.uint8)
-    assert np.array_equal(decode_obs(encode_obs(obs), (7, 7, 3)), obs)
-    with pytest.raises(TrajectoryError, match="whole number"):
-        decode_obs(encode_obs(obs)[:-4], (7, 7, 3))
-
-
 def test_played_episode_equals_direct_env_replay(entry):
     actions = [FORWARD, LEFT, FORWARD, FORWARD, RIGHT, 3, 5]
-    traj, msg = play_event(None, "s-replay", MODEL, None, "7", "0.5")
-    assert msg == "" and traj["seed"] == 7 and traj["target_rtg"] == 0.5
+    episode, msg = play_event(None, "s-replay", MODEL, None, "7", "0.5")
+    assert msg == "" and episode.seed == 7 and episode.target_return == 0.5 and episode.source == "play"
     for a in actions:
-        traj, msg = play_event(ids.PLAY_ACTION_BUTTONS[a], "s-replay", MODEL, traj, "7", "0.5")
+        data = json.loads(json.dumps(episode.to_json()))  # each event starts from what the browser holds
+        episode, msg = play_event(
+            ids.PLAY_ACTION_BUTTONS[a], "s-replay", MODEL, Episode.from_json(data), "7", "0.5"
+        )
         assert msg == ""
-    traj = json.loads(json.dumps(traj))  # what the browser store hands back
-    grids, dirs, rewards = _env_replay(entry.spec, 7, actions)
-    assert np.array_equal(check_traj(traj), grids)
-    assert traj["directions"] == dirs and traj["rewards"] == rewards and traj["actions"] == actions
+    grids, dirs, rewards = _env_replay(entry.checkpoint.env_spec, 7, actions)
+    assert np.array_equal(episode.obs, grids)
+    assert episode.directions.tolist() == dirs and episode.rewards.tolist() == rewards
+    assert episode.actions.tolist() == actions
 
 
-def test_traj_dataset_round_trip_and_load_validation(entry, tmp_path):
-    traj = dt_run_to_end("s-round", entry, reset_episode("s-round", entry, 3, 1.0))
-    assert traj["done"]
-    ds = traj_to_dataset(traj)
+def test_a_play_step_decodes_and_validates_the_episode_once(entry, monkeypatch):
+    """One play step (event + view, the Play tab's one callback) decodes and checks the episode once."""
+    from dash_app import inputs as app_inputs
+
+    episode = _played(entry, "s-once", 3, [FORWARD])
+    data = json.loads(json.dumps(episode.to_json()))
+    decodes, checks = [], []
+    original_from_json, original_validate = Episode.from_json.__func__, Episode._validate
+    monkeypatch.setattr(
+        Episode, "from_json", classmethod(lambda cls, d: (decodes.append(1), original_from_json(cls, d))[1])
+    )
+    monkeypatch.setattr(Episode, "_validate", lambda self: (checks.append(1), original_validate(self))[1])
+    loaded = app_inputs.load_episode(data)
+    new, msg = play_event(ids.PLAY_DT_STEP, "s-once", MODEL, loaded, "3", "1")
+    view = play_view("s-once", entry, new)
+    assert msg == "" and view["message"] == "" and new.length == 2
+    assert len(decodes) == 1 and len(checks) == 1
+
+
+def test_episode_file_round_trip_and_load_validation(entry, tmp_path):
+    episode = dt_run_to_end("s-round", entry, reset_episode("s-round", entry, 3, 1.0))
+    assert episode.done
     path = tmp_path / "episode.npz"
-    save_dataset(ds, path)
+    save_dataset(episode.to_dataset(), path)
     loaded = load_dataset(path)
-    assert loaded.n_episodes == 1 and loaded.n_transitions == len(traj["actions"])
-    back = dataset_to_traj(loaded, 0, MODEL, source="play")
-    assert back == traj  # seed recovered (and verified by replay), target, every step
-    for t in range(len(traj["actions"])):
-        ref = episode_window(loaded, 0, t, entry.model, entry.rtg_scale, env_spec=entry.spec)
-        win = step_window(traj, entry, t)
-        for name in ("obs", "directions", "actions", "timesteps", "pad_mask", "rtg"):
-            assert torch.equal(getattr(win, name), getattr(ref, name)), (t, name)
+    assert loaded.n_episodes == 1 and loaded.n_transitions == episode.length
+    back = Episode.from_dataset(loaded, 0, source="play")
+    assert back.seed == 3 and back.target_return == 1.0  # seed recovered (and verified by replay), target
+    for name in ("obs", "directions", "actions", "rewards"):
+        assert np.array_equal(getattr(back, name), getattr(episode, name)), name
+    for name in ("obs", "directions", "actions", "timesteps", "pad_mask", "rtg"):
+        assert torch.equal(
+            getattr(back.windows(entry.checkpoint), name), getattr(episode.windows(entry.checkpoint), name)
+        )
 
 
 def test_live_episode_has_no_dataset_steps_yet(entry):
-    traj = reset_episode("s-empty", entry, 0, 1.0)
-    with pytest.raises(TrajectoryError, match="no steps"):
-        traj_to_dataset(traj)
+    episode = reset_episode("s-empty", entry, 0, 1.0)
+    with pytest.raises(EpisodeError, match="no steps"):
+        episode.to_dataset()
 
 
 def test_dt_run_to_end_is_the_rollout(entry):
     """The app's DT play is the library's greedy rollout: same actions, rewards and model inputs."""
     seen = []
-    ref = rollout(
-        entry.model,
-        entry.spec,
-        1.0,
-        [11],
-        num_envs=1,
-        rtg_scale=entry.rtg_scale,
-        record=True,
-        progress=False,
+    (ref,) = rollout(
+        entry.checkpoint, 1.0, [11], num_envs=1, record=True, progress=False,
         inspect=lambda _e, _t, inputs: seen.append(inputs.clone()),
-    )[0]
-    traj = dt_run_to_end("s-rollout", entry, reset_episode("s-rollout", entry, 11, 1.0))
-    assert traj["actions"] == ref.trajectory.actions.tolist()
-    assert np.allclose(traj["rewards"], ref.trajectory.rewards)
-    assert traj["done"] and traj["terminated"] == bool(ref.trajectory.terminated[-1])
+    )  # fmt: skip
+    episode = dt_run_to_end("s-rollout", entry, reset_episode("s-rollout", entry, 11, 1.0))
+    assert episode.actions.tolist() == ref.episode.actions.tolist()
+    assert np.allclose(episode.rewards, ref.episode.rewards)
+    assert episode.done and episode.terminated == ref.episode.terminated
     # The live window at each step (pad action last) is exactly the batch the rollout fed the model.
-    partial = {**traj, "done": False, "terminated": False}
-    for t in range(len(traj["actions"])):
-        live = {
-            **partial,
-            "actions": traj["actions"][:t],
-            "rewards": traj["rewards"][:t],
-            "directions": traj["directions"][: t + 1],
-            "obs_b64": encode_obs(check_traj(traj)[: t + 1]),
-        }
-        win = step_window(live, entry, t)
-        for name in ("obs", "directions", "actions", "timesteps", "pad_mask"):
+    for t in range(episode.length):
+        live = Episode(
+            env_spec=episode.env_spec, obs=episode.obs[: t + 1], directions=episode.directions[: t + 1],
+            actions=episode.actions[:t], rewards=episode.rewards[:t], seed=11, target_return=1.0, source="play",
+        )  # fmt: skip
+        win = live.window(entry.checkpoint, t)
+        for name in ("obs", "directions", "actions", "timesteps", "pad_mask", "rtg"):
             assert torch.equal(getattr(win, name), getattr(seen[t], name)), (t, name)
-        assert torch.allclose(win.rtg, seen[t].rtg)
-    assert rollout_trajectory(entry.model, entry.meta, 1.0, 11).actions.tolist() == traj["actions"]
+    assert play_episode(entry.checkpoint, 1.0, 11).actions.tolist() == episode.actions.tolist()
 
 
 def test_action_probs_are_softmax_of_window_logits(entry):
-    traj = _played(entry, "s-probs", 5, [FORWARD, FORWARD, LEFT, FORWARD])
-    ds = traj_to_dataset(traj)
-    for t in range(len(traj["actions"])):
-        win = episode_window(ds, 0, t, entry.model, entry.rtg_scale, env_spec=entry.spec)
+    episode = _played(entry, "s-probs", 5, [FORWARD, FORWARD, LEFT, FORWARD])
+    probs = entry.action_probs(episode)
+    for t in range(episode.n_obs):
         with torch.no_grad():
-            expected = torch.softmax(entry.model(win)[0, -1], -1).numpy()
-        assert np.allclose(action_probs(entry, traj, t), expected, atol=1e-6)
+            expected = torch.softmax(entry.model(episode.window(entry.checkpoint, t))[0, -1], -1).numpy()
+        assert np.allclose(probs[t], expected, atol=1e-6)
     # The Play tab's chart shows the distribution at the current (live) state.
-    view = play_view("s-probs", MODEL, traj)
+    view = play_view("s-probs", entry, episode)
     assert view["message"] == ""
-    assert np.allclose(view["probs"], action_probs(entry, traj, len(traj["actions"])))
-    assert np.isclose(view["probs"].sum(), 1.0)
+    assert np.allclose(view["probs"], probs[-1]) and np.isclose(view["probs"].sum(), 1.0)
 
 
 def test_dt_step_takes_the_argmax(entry):
-    traj = reset_episode("s-argmax", entry, 2, 1.0)
-    best = int(np.argmax(action_probs(entry, traj)))
-    assert dt_step("s-argmax", entry, traj)["actions"] == [best]
+    episode = reset_episode("s-argmax", entry, 2, 1.0)
+    best = int(np.argmax(entry.action_probs(episode)[-1]))
+    assert dt_step("s-argmax", entry, episode).actions.tolist() == [best]
 
 
 def test_no_hooks_left_after_play_history_and_analysis_context(entry):
-    traj, _ = play_event(None, "s-hooks", MODEL, None, "1", "1")
+    episode, _ = play_event(None, "s-hooks", MODEL, None, "1", "1")
     for event in (ids.PLAY_DT_STEP, ids.PLAY_ACTION_BUTTONS[FORWARD], ids.PLAY_DT_RUN):
-        traj, _ = play_event(event, "s-hooks", MODEL, traj, "1", "1")
-    play_view("s-hooks", MODEL, traj)
-    history_view("s-hooks", MODEL, traj, 1)
-    ctx = CONTEXTS.get(entry, step_window(traj, entry, 1))
+        episode, _ = play_event(event, "s-hooks", MODEL, episode, "1", "1")
+    play_view("s-hooks", entry, episode)
+    history_view("s-hooks", entry, episode, 1)
+    ctx = CONTEXTS.get(entry, episode.window(entry.checkpoint, 1))
     with entry.lock:
         assert ctx.cache["blocks.0.hook_resid_pre"].shape[0] == 1
     assert _no_hooks(entry)
@@ -213,9 +199,9 @@ def test_lru_is_bounded_and_evicts_least_recent():
 
 def test_env_cache_is_bounded(entry):
     cache = EnvCache(maxsize=2)
-    traj = reset_episode("s-bound", entry, 0, 1.0)
+    episode = reset_episode("s-bound", entry, 0, 1.0)
     for s in ("a", "b", "c"):
-        cache.checkin(s, traj, make_env(entry.spec))
+        cache.checkin(s, episode, make_env(entry.checkpoint.env_spec))
     assert len(cache) == 2 and [k[0] for k in list(cache.keys())] == ["b", "c"]
 
 
@@ -230,44 +216,24 @@ def test_sessions_are_isolated(entry):
     for _ in range(3):
         a = take_action("session-a", a, FORWARD)
         b = take_action("session-b", b, RIGHT)
-    for traj, session in ((a, "session-a"), (b, "session-b")):
-        grids, _, _ = _env_replay(entry.spec, 4, traj["actions"])
-        assert np.array_equal(check_traj(traj), grids), session
+    for episode, session in ((a, "session-a"), (b, "session-b")):
+        grids, _, _ = _env_replay(entry.checkpoint.env_spec, 4, episode.actions.tolist())
+        assert np.array_equal(episode.obs, grids), session
     # Same seed and length but different actions never share an env, even within one session.
     c = _played(entry, "session-a", 4, [LEFT, FORWARD, FORWARD, FORWARD])
-    assert c["actions"] != a["actions"] and not np.array_equal(check_traj(c), check_traj(a))
+    assert c.actions.tolist() != a.actions.tolist() and not np.array_equal(c.obs, a.obs)
 
 
-def test_env_cache_miss_resimulates_and_checks_the_trajectory(entry):
-    traj = _played(entry, "s-owner", 6, [FORWARD, FORWARD, RIGHT])
-    moved = take_action("s-stranger", traj, FORWARD)  # nothing cached for this session: re-simulated
-    grids, _, _ = _env_replay(entry.spec, 6, moved["actions"])
-    assert np.array_equal(check_traj(moved), grids)
-    obs = check_traj(traj).copy()
+def test_env_cache_miss_resimulates_and_checks_the_episode(entry):
+    episode = _played(entry, "s-owner", 6, [FORWARD, FORWARD, RIGHT])
+    moved = take_action("s-stranger", episode, FORWARD)  # nothing cached for this session: re-simulated
+    grids, _, _ = _env_replay(entry.checkpoint.env_spec, 6, moved.actions.tolist())
+    assert np.array_equal(moved.obs, grids)
+    obs = episode.obs.copy()
     obs[-1, 3, 3, 0] = (obs[-1, 3, 3, 0] + 1) % 11
-    forged = {**traj, "obs_b64": encode_obs(obs)}
-    with pytest.raises(TrajectoryError, match="does not replay"):
+    forged = Episode.from_json({**episode.to_json(), "obs_b64": base64.b64encode(obs.tobytes()).decode()})
+    with pytest.raises(ReplayMismatch, match="does not replay from seed 6: step 3"):
         take_action("s-forger", forged, FORWARD)
-
-
-@pytest.mark.parametrize(
-    "change, match",
-    [
-        ({"version": 2}, "version"),
-        ({"source": "magic"}, "source"),
-        ({"target_rtg": float("nan")}, "target_rtg"),
-        ({"actions": [9]}, "actions"),
-        ({"obs_b64": "!!"}, "base64"),
-        ({"directions": []}, "directions"),
-        ({"env_spec": {"env_id": "NoSuchEnv-v0"}}, "env_spec"),
-        ({"done": True}, "observations"),
-    ],
-)
-def test_bad_trajectory_json_is_one_line_error(entry, change, match):
-    traj = reset_episode("s-bad", entry, 0, 1.0)
-    with pytest.raises(TrajectoryError, match=match) as err:
-        check_traj({**traj, **change})
-    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -281,30 +247,30 @@ def test_bad_trajectory_json_is_one_line_error(entry, change, match):
     ],
 )
 def test_play_bad_inputs_show_a_message(seed, target, match):
-    traj, msg = play_event(ids.PLAY_RESET, "s-inputs", MODEL, None, seed, target)
-    assert traj is None and match in msg
+    episode, msg = play_event(ids.PLAY_RESET, "s-inputs", MODEL, None, seed, target)
+    assert episode is None and match in msg
 
 
 def test_play_after_episode_end_and_bad_model_show_messages(entry):
-    traj = dt_run_to_end("s-over", entry, reset_episode("s-over", entry, 0, 1.0))
-    new, msg = play_event(ids.PLAY_ACTION_BUTTONS[FORWARD], "s-over", MODEL, traj, "0", "1")
+    episode = dt_run_to_end("s-over", entry, reset_episode("s-over", entry, 0, 1.0))
+    new, msg = play_event(ids.PLAY_ACTION_BUTTONS[FORWARD], "s-over", MODEL, episode, "0", "1")
     assert new is None and "over" in msg
-    new, msg = play_event(ids.PLAY_RESET, "s-over", "/no/such/checkpoint", traj, "0", "1")
+    new, msg = play_event(ids.PLAY_RESET, "s-over", "/no/such/checkpoint", episode, "0", "1")
     assert new is None and "/no/such/checkpoint" in msg
 
 
 def test_target_edit_reconditions_only_a_fresh_episode(entry):
-    traj = reset_episode("s-target", entry, 0, 1.0)
-    new, msg = play_event(ids.PLAY_TARGET_RTG, "s-target", MODEL, traj, "0", "0.25")
-    assert msg == "" and new["target_rtg"] == 0.25 and new["obs_b64"] == traj["obs_b64"]
-    moved = take_action("s-target", traj, FORWARD)
+    episode = reset_episode("s-target", entry, 0, 1.0)
+    new, msg = play_event(ids.PLAY_TARGET_RTG, "s-target", MODEL, episode, "0", "0.25")
+    assert msg == "" and new.target_return == 0.25 and np.array_equal(new.obs, episode.obs)
+    moved = take_action("s-target", episode, FORWARD)
     new, msg = play_event(ids.PLAY_TARGET_RTG, "s-target", MODEL, moved, "0", "0.25")
     assert new is None and "next reset" in msg
 
 
 def test_history_tokens_describe_the_window(entry):
-    traj = _played(entry, "s-hist", 0, [FORWARD, LEFT, FORWARD])
-    view = history_view("s-hist", MODEL, traj, 2)
+    episode = _played(entry, "s-hist", 0, [FORWARD, LEFT, FORWARD])
+    view = history_view("s-hist", entry, episode, 2)
     assert view["message"] == "" and view["world"].startswith("data:image/png;base64,")
     toks = view["tokens"]
     k = entry.model.cfg.context_len
@@ -312,55 +278,31 @@ def test_history_tokens_describe_the_window(entry):
     real = [t for t in toks if not t["pad"]]
     # Steps 0..2 are in the window: R, S, A for steps 0 and 1, then R, S of step 2.
     assert [t["value"] for t in real] == [
-        f"{traj_rtg(traj, 0):.3f}",
+        f"{episode.rtg(0):.3f}",
         "obs@0",
         "forward",
-        f"{traj_rtg(traj, 1):.3f}",
+        f"{episode.rtg(1):.3f}",
         "obs@1",
         "left",
-        f"{traj_rtg(traj, 2):.3f}",
+        f"{episode.rtg(2):.3f}",
         "obs@2",
     ]
-    assert window_tokens(step_window(traj, entry, 2), entry.rtg_scale) == toks
-    assert ACTION_NAMES[traj["actions"][2]] in dict(view["info"])["action"]
+    assert window_tokens(episode.window(entry.checkpoint, 2), entry.checkpoint.rtg_scale) == toks
+    assert ACTION_NAMES[int(episode.actions[2])] in dict(view["info"])["action"]
 
 
 def test_history_without_seed_shows_pov_only(entry, tiny_dataset):
-    traj = {**_played(entry, "s-noseed", 0, [FORWARD, LEFT]), "seed": None}
-    view = history_view("s-noseed", MODEL, traj, 1)
+    episode = _played(entry, "s-noseed", 0, [FORWARD, LEFT])
+    episode.seed = None
+    view = history_view("s-noseed", entry, episode, 1)
     assert view["world"] is None and view["pov"] and "seed" in view["note"] and view["message"] == ""
     assert len(view["tokens"]) == len(token_labels(entry.model.cfg.context_len))
-    # A trajectory from another env is shown (its view), and its window refused with a message.
-    other = dataset_to_traj(tiny_dataset, 0, MODEL)
-    view = history_view("s-noseed", MODEL, other, 0)
-    assert view["pov"] and view["world"] and "model plays" in view["message"] and view["tokens"] == []
-
-
-def test_dataset_episode_seed_is_verified_by_replay():
-    from dtinterp.interp.trajectory import extract_episode
-
-    from dtinterp.data.collect import collect
-
-    ds = collect(EnvSpec("MiniGrid-DoorKey-5x5-v0"), 3, "expert", seed=40, progress=False)
-    assert [episode_seed(ds, e) for e in range(3)] == [40, 41, 42]
-    assert episode_seed(extract_episode(ds, 2), 0) == 42  # a cut-out episode keeps its source index
-    wrong = replace(ds, metadata={**ds.metadata, "seed": 7})
-    assert [episode_seed(wrong, e) for e in range(3)] == [None] * 3  # replay refutes a wrong seed
-    traj = dataset_to_traj(ds, 1, MODEL)
-    grids, _, rewards = _env_replay(ds.env_spec, 41, traj["actions"])
-    assert traj["seed"] == 41 and np.array_equal(check_traj(traj), grids) and traj["rewards"] == rewards
-
-
-def test_demo_episode_windows_keep_their_achieved_return_to_go(entry, tiny_dataset):
-    """A demonstration's target is its achieved return, so its windows condition on its return-to-go."""
-    from dtinterp.data.windows import window_at
-
-    traj = dataset_to_traj(tiny_dataset, 1, MODEL)
-    ds = traj_to_dataset(traj)
-    for t in (0, len(traj["actions"]) - 1):
-        a = window_at(tiny_dataset, 1, t, 4, 1.0, 7, 100)
-        b = window_at(ds, 0, t, 4, 1.0, 7, 100, rtg_override=traj["target_rtg"])
-        assert torch.allclose(a.rtg, b.rtg, atol=1e-6) and torch.equal(a.obs, b.obs)
+    # An episode from another env is shown (its view), and its window refused with a message.
+    other = Episode.from_dataset(tiny_dataset, 0)
+    view = history_view("s-noseed", entry, other, 0)
+    assert (
+        view["pov"] and view["world"] and "model memory-s7 plays" in view["message"] and view["tokens"] == []
+    )
 
 
 def test_choose_model_keeps_the_current_one_on_a_bad_path(tmp_path):
@@ -375,7 +317,7 @@ def test_choose_model_keeps_the_current_one_on_a_bad_path(tmp_path):
     ckpt = shutil.copytree(model_entry("dynamic-obstacles-8x8").path, tmp_path / "my-run")
     r = choose_model(ids.MODEL_LOAD_BUTTON, MODEL, str(ckpt), MODEL)
     assert (r["key"], r["dropdown"], r["path"]) == (str(ckpt.resolve()), None, str(ckpt.resolve()))
-    assert model_entry(r["key"]).spec.env_id == "MiniGrid-Dynamic-Obstacles-8x8-v0"
+    assert model_entry(r["key"]).checkpoint.env_spec.env_id == "MiniGrid-Dynamic-Obstacles-8x8-v0"
 
 
 def test_each_page_load_gets_its_own_session():

@@ -17,11 +17,11 @@ from importlib.metadata import EntryPoint
 
 import pytest
 import torch
-from dtinterp.interp.trajectory import episode_window, episode_windows, extract_episode
 
 from dtinterp.cli import main
 from dtinterp.data.collect import collect
 from dtinterp.data.dataset import load_dataset, save_dataset
+from dtinterp.data.episode import Episode, dataset_windows
 from dtinterp.interp.edits import apply_edits, parse_edit
 from dtinterp.model.checkpoint import load_checkpoint, save_checkpoint
 from dtinterp.plugins.api import AnalysisContext
@@ -76,7 +76,7 @@ def files(tmp_path_factory, tiny_model, tiny_meta):
     save_checkpoint(root / "model", tiny_model, tiny_meta)
     ds = collect(ENV, 3, "expert", seed=0, progress=False)
     save_dataset(ds, root / "data.npz")
-    save_dataset(extract_episode(ds, 1), root / "traj.npz")
+    save_dataset(Episode.from_dataset(ds, 1).to_dataset(), root / "traj.npz")
     plugins = root / "site"
     (plugins / "fake_dtinterp_plugins-0.1.dist-info").mkdir(parents=True)
     for name, text in DIST_INFO.items():
@@ -105,7 +105,7 @@ def test_list_shows_every_plugin_with_its_parameters_and_the_failures(files):
     for plugin_id in [*get_registry().plugins, "fake-two-figures"]:
         assert f"  {plugin_id} " in out, plugin_id
     assert "Fake: scaled logits" in out
-    assert "      --param scale=1.0  (float in [0.0, 10.0])\n          multiplies the logits\n" in out
+    assert "      --param scale=1.0  (float in [0, 10])\n          multiplies the logits\n" in out
     assert out.index("causal:") < out.index("fake-two-figures")
     failed = out[out.index("failed plugins (skipped):") :]
     assert "fake-broken (import): ModuleNotFoundError" in failed
@@ -138,8 +138,9 @@ def test_analyze_writes_a_standalone_report_and_the_result_json(files, tiny_mode
     result = json.loads(out_json.read_text())
     assert result["plugin_id"] == "fake-two-figures" and result["params"] == {"scale": 2.5}
     # The numbers are the model's on exactly the window that ends at step 2 of the trajectory.
-    model, meta = load_checkpoint(files / "model")
-    window = episode_window(load_dataset(files / "traj.npz"), 0, 2, model, 1.0, ENV)
+    ckpt = load_checkpoint(files / "model")
+    model = ckpt.model
+    window = Episode.from_dataset(load_dataset(files / "traj.npz"), 0).window(ckpt, 2)
     edited = apply_edits(window, [parse_edit("R2=0.25"), parse_edit("S3.direction=up")], 1.0)
     with torch.no_grad():
         expected = 2.5 * model(window)[:, -1]
@@ -162,12 +163,12 @@ def test_a_builtin_analysis_on_dataset_windows(files, capsys):
     assert rc == 0, err
     assert "running residual-norms on 6 window(s) of 4 timesteps" in err
     # As many figure divs as the plugin makes on the same inputs.
-    model, meta = load_checkpoint(files / "model")
-    inputs = episode_windows(load_dataset(files / "data.npz"), [0, 1], model, 1.0, max_windows=6)
-    n = len(registry.figures(plugin_id, registry.run(plugin_id, AnalysisContext(model, inputs, meta))))
+    ckpt = load_checkpoint(files / "model")
+    inputs, _ = dataset_windows(load_dataset(files / "data.npz"), [0, 1], ckpt, max_windows=6)
+    n = len(registry.figures(plugin_id, registry.run(plugin_id, AnalysisContext(ckpt, inputs))))
     html = out.read_text()
     assert n >= 1 and all(f'id="figure-{i}"' in html for i in range(n)) and f'id="figure-{n}"' not in html
-    assert "6, ending at evenly spaced steps" in html and "0..1 (18 steps)" in html
+    assert "windows at 6 evenly spaced steps" in html and "0..1 (18 steps)" in html
 
 
 def test_bad_edit_in_a_real_process_is_one_line_exit_2_and_writes_nothing(files):
@@ -211,12 +212,12 @@ BASE = {"model": "model", "--analysis": "fake-two-figures", "--trajectory": "tra
         ({}, ["--param", "scale=1", "--param", "scale=2"], "--param 'scale' is given twice"),
         ({}, ["--edit", "R2=much"], "RTG value 'much' is not a number"),
         ({}, ["--edit", "R9=0.5"], "edit R9=0.5: timestep 9 is outside the window 1..4"),
-        ({}, ["--step", "500"], "step 500 out of range for episode 0 of"),
+        ({}, ["--step", "500"], "--step 500 is outside the episode's steps 0.."),
         ({"--out": "missing_dir/r.html"}, [], "directory 'missing_dir' does not exist"),
         ({"--out": "."}, [], "--out '.' is a directory"),
         ({"--out": "bad.json"}, [], "--json and --out name the same file 'bad.json'"),
         ({"model": "no_model_here"}, [], "model directory 'no_model_here' does not exist"),
-        ({"--trajectory": None}, [], "analyze needs inputs: give --trajectory FILE"),
+        ({"--trajectory": None}, [], "analysis 'fake-two-figures' runs on windows: give --trajectory FILE"),
         ({}, ["--rollout"], "give one input source, not --trajectory and --rollout"),
         ({}, ["--episodes", "2"], "--episodes does not apply to --trajectory inputs"),
         ({"--trajectory": "data.npz"}, [], "holds 3 episodes; a trajectory file holds one"),

@@ -22,8 +22,8 @@ from envs.encoding import ACTION_NAMES
 
 def default_max_t(ctx: AnalysisContext) -> int:
     """The env's step limit from the checkpoint meta, else the model's time-embedding size."""
-    steps = (ctx.meta.get("env_spec") or {}).get("max_steps")
-    return int(steps) if steps else ctx.model.cfg.max_timestep
+    spec = ctx.checkpoint.env_spec
+    return int(spec.max_steps) if spec is not None and spec.max_steps else ctx.model.cfg.max_timestep
 
 
 class TimeEmbeddings(Analysis):
