@@ -47,7 +47,7 @@ class Congruence:
     """What each row is: an embedding kind, or ``"neuron"``."""
 
     def top(self, k: int = 10, by: str = "abs") -> list[tuple[str, str, float]]:
-        """The ``k`` entries with the largest ``|value|`` (``by="abs"``), value (``max``) or smallest (``min``)."""
+        """Top ``k`` entries: largest ``|value|`` (``by="abs"``), value (``max``) or lowest (``min``)."""
         flat = self.values.reshape(-1)
         key = {"abs": flat.abs(), "max": flat, "min": -flat}.get(by)
         if key is None:
@@ -57,7 +57,7 @@ class Congruence:
         return [(self.rows[int(i) // n_cols], self.cols[int(i) % n_cols], float(flat[i])) for i in idx]
 
     def order(self, axis: int = 1, by: str = "abs") -> Int[Tensor, "n"]:
-        """Rows (``axis=0``) or columns (``axis=1``) sorted by their largest ``|value|`` / value / smallest value."""
+        """Rows (``axis=0``) or columns (``axis=1``) sorted by largest ``|value|`` / value / lowest value."""
         v = self.values if axis == 1 else self.values.T  # reduce over the other axis
         key = {"abs": v.abs().amax(0), "max": v.amax(0), "min": -v.amin(0)}.get(by)
         if key is None:
@@ -65,7 +65,7 @@ class Congruence:
         return key.argsort(descending=True)
 
     def gridmap(self, obs_shape: tuple[int, int]) -> Float[Tensor, "n_cols 20 W H"]:
-        """State-feature rows as ``[20, W, H]`` panels per column (the rows must be exactly the state features)."""
+        """State-feature rows as ``[20, W, H]`` panels per column (rows: exactly the state features)."""
         W, H = obs_shape
         if self.row_kinds != ["state"] * (W * H * 20):
             raise ValueError("gridmap() needs a table whose rows are the W*H*20 state features")
@@ -134,7 +134,7 @@ def neuron_output_congruence(
 def mlp_to_mlp_congruence(
     model: HookedDecisionTransformer, src: int, dst: int, *, fold: bool = True, normalize: bool = False
 ) -> Congruence:
-    """``W_out[src] @ fold(W_in[dst])``: each earlier neuron's output against each later neuron's input [m, m]."""
+    """``W_out[src] @ fold(W_in[dst])``: earlier neurons' outputs against later neurons' inputs [m, m]."""
     _check_layer(model, src)
     _check_layer(model, dst)
     if not src < dst:

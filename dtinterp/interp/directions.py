@@ -71,7 +71,7 @@ def default_directions_dir() -> Path:
 
 
 def check_name(name: str) -> str:
-    """``name`` if it is a valid direction name (1-100 of ``A-Z a-z 0-9 _ . , : = @ ( ) + -``, alphanumeric first)."""
+    """``name`` if valid: 1-100 of ``A-Z a-z 0-9 _ . , : = @ ( ) + -``, a letter or digit first."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise DirectionsError(
             f"invalid direction name {name!r}: use 1-100 characters from A-Z a-z 0-9 _ . , : = @ ( ) + -, "
@@ -108,7 +108,7 @@ class SavedDirection:
             raise DirectionsError(
                 f"direction {self.name!r} must be a vector [d_model], got shape {tuple(vector.shape)}"
             )
-        self.vector = vector.to("cpu", torch.float32).contiguous()
+        self.vector = vector.to("cpu", torch.float32).clone()  # never a view of a model weight
         if not torch.isfinite(self.vector).all():
             raise DirectionsError(f"direction {self.name!r} has non-finite entries")
         try:
@@ -253,7 +253,7 @@ class DirectionLibrary:
         for name, entry in index.items():
             if name not in tensors or _digest(tensors[name].float().contiguous()) != entry["sha256"]:
                 raise DirectionsError(
-                    f"{self.tensors_path} does not hold the vector {self.index_path.name} records for {name!r}"
+                    f"{self.tensors_path} does not hold the vector {INDEX_FILE} records for {name!r}"
                 )
         return index, {n: tensors[n] for n in index}
 
@@ -325,7 +325,7 @@ def from_embedding_row(
     model_name: str = "",
     description: str = "",
 ) -> SavedDirection:
-    """One embedding row (see :func:`~dtinterp.interp.embedding_geometry.embedding_rows`) by index or label."""
+    """One embedding row (:func:`~dtinterp.interp.embedding_geometry.embedding_rows`) by index or label."""
     rows = embedding_rows(model, kind)
     if isinstance(row, str):
         if row not in rows.labels:
@@ -376,12 +376,12 @@ def from_neuron(
     model_name: str = "",
     description: str = "",
 ) -> SavedDirection:
-    """A neuron's input weights ``W_in[:, n]`` (``side="in"``, read after ln2) or output weights ``W_out[n]``."""
+    """A neuron's input weights ``W_in[:, n]`` (``side="in"``, read after ln2) or its ``W_out[n]``."""
     if model.cfg.attn_only:
         raise DirectionsError("the model is attention-only: it has no MLP neurons")
     if not 0 <= layer < model.cfg.n_layers or not 0 <= neuron < model.cfg.d_mlp:
         raise DirectionsError(
-            f"neuron L{layer}N{neuron} does not exist (layers 0..{model.cfg.n_layers - 1}, neurons 0..{model.cfg.d_mlp - 1})"
+            f"neuron L{layer}N{neuron} does not exist ({model.cfg.n_layers} layers of {model.cfg.d_mlp})"
         )
     if side not in ("in", "out"):
         raise DirectionsError(f"side must be 'in' or 'out', got {side!r}")
@@ -412,7 +412,8 @@ def from_mean_diff(
     a, b = acts_a.detach().reshape(-1, acts_a.shape[-1]), acts_b.detach().reshape(-1, acts_b.shape[-1])
     if a.shape[-1] != b.shape[-1] or a.shape[0] == 0 or b.shape[0] == 0:
         raise DirectionsError(
-            f"mean difference needs two non-empty sets of equal width, got {tuple(acts_a.shape)} and {tuple(acts_b.shape)}"
+            "mean difference needs two non-empty sets of equal width, "
+            f"got {tuple(acts_a.shape)} and {tuple(acts_b.shape)}"
         )
     return SavedDirection(
         name=name,

@@ -132,16 +132,21 @@ def resolve_direction(
     if isinstance(direction, SavedDirection):
         vec = direction.to(model)
         return Direction(
-            vec.expand(B, -1).clone(), vec.new_zeros(B), [direction.name] * B, _no_actions(B), apply_ln
+            vec.expand(B, -1).clone(),
+            vec.new_zeros(B),
+            [direction.name] * B,
+            _no_actions(B, W_U.device),
+            apply_ln,
         )
     if isinstance(direction, Tensor) and direction.dim() == 1 and direction.is_floating_point():
         if direction.shape[0] != model.cfg.d_model:
             raise ValueError(
-                f"direction vector has {direction.shape[0]} entries, the model's d_model is {model.cfg.d_model}"
+                f"direction vector has {direction.shape[0]} entries, the model's d_model is "
+                f"{model.cfg.d_model}"
             )
         vec = direction.detach().to(W_U)
         return Direction(
-            vec.expand(B, -1).clone(), vec.new_zeros(B), ["vector"] * B, _no_actions(B), apply_ln
+            vec.expand(B, -1).clone(), vec.new_zeros(B), ["vector"] * B, _no_actions(B, W_U.device), apply_ln
         )
     if direction is None:
         logits = model.ln_final(final_resid) @ W_U + b_U
@@ -165,8 +170,8 @@ def resolve_direction(
     return Direction(vec, bias, labels, torch.stack([a, b], -1), True)
 
 
-def _no_actions(B: int) -> Tensor:
-    return torch.full((B, 2), -1, dtype=torch.long)
+def _no_actions(B: int, device: torch.device) -> Tensor:
+    return torch.full((B, 2), -1, dtype=torch.long, device=device)
 
 
 def _action(model: HookedDecisionTransformer, action: int | str) -> int:
@@ -256,7 +261,7 @@ class DirectionAttribution(BatchedResult):
     by_source: Float[Tensor, "B L H P"]
     """Each head's row split over source tokens: ``by_source.sum(-1) == by_head``."""
     by_layer: Float[Tensor, "B G"]
-    """``embed``, then each layer's attention and MLP output with biases: ``sum + direction.bias == value``."""
+    """``embed``, each layer's attention and MLP output (with biases); plus ``direction.bias``: the value."""
     layer_labels: list[str]
     accumulated: Float[Tensor, "B G"]
     """``direction.bias + cumsum(by_layer)`` (cached final scale); the last entry is the value."""
@@ -282,7 +287,7 @@ def direction_attribution(
     cache: Cache | None = None,
     apply_ln: bool = True,
 ) -> DirectionAttribution:
-    """Attribute ``direction`` at state token ``position`` (a timestep index, ``-1``: the last) of every window."""
+    """Attribute ``direction`` at state token ``position`` (timestep index, ``-1``: last) of every window."""
     cfg = model.cfg
     k = _timestep(inputs, position)
     q = 3 * k + 1
@@ -294,8 +299,10 @@ def direction_attribution(
         for l in range(cfg.n_layers)
     ]
     stream = [embed + pos_embed]
-    for a, m in zip(attn_out, mlp_out):
-        stream += [stream[-1] + a] + ([] if m is None else [stream[-1] + a + m])
+    for a, m in zip(attn_out, mlp_out):  # the residual stream after each layer_labels entry
+        stream.append(stream[-1] + a)
+        if m is not None:
+            stream.append(stream[-1] + m)
     d = resolve_direction(model, direction, stream[-1], apply_ln=apply_ln)
     r = _readout(model, d)  # [B, d]
     inv_s = _inv_scale(model, cache, "ln_final", q) if d.apply_ln else torch.ones_like(d.bias)  # [B]
@@ -371,7 +378,7 @@ class ObservationAttribution(BatchedResult):
     """A direction's value split over the cells and channels of the observations (state embeddings)."""
 
     direct: Float[Tensor, "B 20 W H"]
-    """Direct path from the read token's own observation: ``onehot[x, y, c] * W_state[x, y, c] . centre(v) / s``."""
+    """Direct path from the read token's observation: ``onehot[x,y,c] * W_state[x,y,c] . centre(v) / s``."""
     direct_direction: Float[Tensor, "B"]
     """Direct path of ``W_dir[agent direction]``."""
     direct_bias: Float[Tensor, "B"]
@@ -415,7 +422,7 @@ def observation_attribution(
     apply_ln: bool = True,
     channels: bool = False,
 ) -> ObservationAttribution:
-    """Split the state embeddings' contribution to ``direction`` at ``S_k`` over observation cells and channels."""
+    """Split the state embeddings' contribution to ``direction`` at ``S_k`` over cells and channels."""
     emb = grid_state_embedding(model)
     cfg = model.cfg
     k = _timestep(inputs, position)
@@ -583,7 +590,7 @@ def top_activating(
     hook: str = "post",
     chunk: int = 512,
 ) -> TopActivations:
-    """The ``k`` highest activations of neuron ``(layer, neuron)`` at the ``kind`` tokens of real timesteps."""
+    """The ``k`` highest activations of neuron ``(layer, neuron)`` at ``kind`` tokens of real timesteps."""
     if model.cfg.attn_only:
         raise ValueError("the model is attention-only: it has no MLP neurons")
     if kind not in TOKEN_KINDS or hook not in ("pre", "post"):

@@ -82,7 +82,7 @@ def grid_state_embedding(model: HookedDecisionTransformer) -> GridStateEmbedding
 
 
 def state_feature_labels(obs_shape: tuple[int, int], style: str = "short") -> list[str]:
-    """Labels of the flattened ``W_state`` rows in ``(x, y, channel)`` order: ``key@(4,2)`` or ``object=key (4,2)``."""
+    """Labels of the flattened ``W_state`` rows in ``(x, y, channel)`` order: ``key@(4,2)`` (or long form)."""
     if style not in ("short", "long"):
         raise ValueError(f"style must be 'short' or 'long', got {style!r}")
     names = CHANNEL_VALUES if style == "short" else CHANNEL_NAMES
@@ -255,21 +255,22 @@ def pca(
 ) -> PCA:
     """PCA of ``rows`` (the ``keep`` ones): all ``min(n, d)`` components unless ``n_components``."""
     kept = _keep_mask(rows.vectors, keep, drop_constant)
-    x = rows.vectors[kept].double()
+    x = rows.vectors[kept].double().cpu()
     mean = x.mean(0) if centre else torch.zeros_like(x[0])
-    U, S, Vh = torch.linalg.svd(x - mean, full_matrices=False)
+    # numpy's LAPACK SVD: torch's CPU SVD can crawl when its thread pool shares a busy machine.
+    U, S, Vh = (torch.from_numpy(a) for a in np.linalg.svd((x - mean).numpy(), full_matrices=False))
     sign = torch.sign(Vh.gather(1, Vh.abs().argmax(1, keepdim=True))).clamp_min(0) * 2 - 1  # [r, 1]
     U, Vh = U * sign.T, Vh * sign
     var = S**2 / max(x.shape[0] - 1, 1)
     k = S.shape[0] if n_components is None else min(int(n_components), S.shape[0])
-    dtype = rows.vectors.dtype
+    dtype, device = rows.vectors.dtype, rows.vectors.device
     return PCA(
-        components=Vh[:k].to(dtype),
-        explained_variance=var[:k].to(dtype),
-        explained_variance_ratio=(var[:k] / var.sum().clamp_min(1e-300)).to(dtype),
-        coords=(U[:, :k] * S[:k]).to(dtype),
-        loadings=(Vh[:k] * var[:k, None].sqrt()).to(dtype),
-        mean=mean.to(dtype),
+        components=Vh[:k].to(device, dtype),
+        explained_variance=var[:k].to(device, dtype),
+        explained_variance_ratio=(var[:k] / var.sum().clamp_min(1e-300)).to(device, dtype),
+        coords=(U[:, :k] * S[:k]).to(device, dtype),
+        loadings=(Vh[:k] * var[:k, None].sqrt()).to(device, dtype),
+        mean=mean.to(device, dtype),
         labels=[lab for lab, m in zip(rows.labels, kept.tolist()) if m],
         kept=kept,
     )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
@@ -139,7 +140,7 @@ class ValueWeightedAttention(BatchedResult):
 def value_weighted_attention(
     model: HookedDecisionTransformer, cache: Cache, pad_mask: Bool[Tensor, "B K"]
 ) -> ValueWeightedAttention:
-    """Value-weighted attention of every head (Kobayashi et al. 2020) from a cache with ``hook_v``, ``hook_pattern``."""
+    """Value-weighted attention of every head (Kobayashi et al. 2020) from ``hook_v`` and ``hook_pattern``."""
     pattern = stacked_patterns(model, cache)
     v = torch.stack(
         [cache_get(cache, f"blocks.{l}.attn.hook_v") for l in range(model.cfg.n_layers)], 1
@@ -176,11 +177,15 @@ class LowRankPattern:
 def low_rank_pattern(
     pattern: Float[Tensor, "... P P"], k: int, real: Bool[Tensor, "... P"] | None = None
 ) -> LowRankPattern:
-    """Rank-``k`` SVD approximation of ``pattern`` (padded rows and columns zeroed first when ``real`` is given)."""
+    """Rank-``k`` SVD approximation of ``pattern`` (padded rows and columns zeroed first, given ``real``)."""
     if real is not None:
         m = real.to(pattern)
         pattern = pattern * m[..., :, None] * m[..., None, :]
-    U, S, Vh = torch.linalg.svd(pattern.double(), full_matrices=False)
+    # numpy's LAPACK SVD: torch's batched CPU SVD can crawl when its thread pool shares a busy machine.
+    U, S, Vh = (
+        torch.from_numpy(a).to(pattern.device)
+        for a in np.linalg.svd(pattern.detach().double().cpu().numpy(), full_matrices=False)
+    )
     k = max(0, min(int(k), S.shape[-1]))
     approx = (U[..., :k] * S[..., None, :k]) @ Vh[..., :k, :]
     total = S.pow(2).sum(-1, keepdim=True).clamp_min(1e-300)

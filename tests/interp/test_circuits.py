@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 from transformer_lens import ActivationCache
+from transformer_lens.utilities import composition_scores as tl_composition_scores
 
+from dtinterp.interp import circuits
 from dtinterp.interp.attribution import centred_unembed
 from dtinterp.interp.circuits import (
     COMPOSITION_MODES,
     all_composition_scores,
     composition_baseline,
+    composition_mask,
     composition_scores,
     head_matrix,
     head_svd,
@@ -76,13 +79,18 @@ def test_qk_circuit_gives_the_attention_scores(model, run):
     x = block.ln1(cache[f"blocks.{l}.hook_resid_pre"][0])  # [P, d]
     q = x @ block.attn.W_Q[h] + block.attn.b_Q[h]
     k = x @ block.attn.W_K[h] + block.attn.b_K[h]
-    bilinear = (x @ QK[l, h] @ x.T + (block.attn.b_Q[h] @ (x @ block.attn.W_K[h]).T)[None]) / block.attn.attn_scale
+    bilinear = (
+        x @ QK[l, h] @ x.T + (block.attn.b_Q[h] @ (x @ block.attn.W_K[h]).T)[None]
+    ) / block.attn.attn_scale
     scores = q @ k.T / block.attn.attn_scale
     # The two differ only by terms constant over keys, so they give the same softmax.
     diff = scores - bilinear
     torch.testing.assert_close(diff, diff[:, :1].expand_as(diff), atol=1e-5, rtol=0)
     circuit = qk_circuit(model, "state", "rtg", fold=False, rtg_values=torch.tensor([0.0, 1.0]))
-    E_q, E_k = embedding_rows(model, "state").vectors, embedding_rows(model, "rtg", rtg_values=torch.tensor([0.0, 1.0])).vectors
+    E_q, E_k = (
+        embedding_rows(model, "state").vectors,
+        embedding_rows(model, "rtg", rtg_values=torch.tensor([0.0, 1.0])).vectors,
+    )
     expected = E_q @ QK[l, h] @ E_k.T / block.attn.attn_scale
     torch.testing.assert_close(circuit.scores[l, h], expected, atol=1e-5, rtol=1e-5)
     assert circuit.scores.shape == (3, 2, 7 * 7 * 20, 2) and circuit.key_rows == ["R=0", "R=1"]
@@ -103,7 +111,9 @@ def test_svd_reconstructs_the_circuit(model, circuit, fold):
     torch.testing.assert_close(svd.U.transpose(-1, -2) @ svd.U, eye, atol=1e-5, rtol=0)
     assert svd.left_gridmap.values.shape == (3, 2, 3, 20, 7, 7)
     if circuit == "OV":
-        torch.testing.assert_close(svd.right_actions, torch.einsum("lhdk,da->lhka", svd.V[..., :3], centred_unembed(model)))
+        torch.testing.assert_close(
+            svd.right_actions, torch.einsum("lhdk,da->lhka", svd.V[..., :3], centred_unembed(model))
+        )
         top = svd.right_actions.gather(-1, svd.right_actions.abs().argmax(-1, keepdim=True))
         assert bool((top > 0).all())  # deterministic signs
     else:
@@ -113,6 +123,11 @@ def test_svd_reconstructs_the_circuit(model, circuit, fold):
 @pytest.mark.parametrize("mode", COMPOSITION_MODES)
 def test_composition_scores_match_dense_frobenius_norms(model, mode):
     scores = composition_scores(model, mode)
+    left, right = model.OV, {"Q": model.QK, "K": model.QK.T, "V": model.OV}[mode]
+    tl = tl_composition_scores(left, right, broadcast_dims=True).detach()
+    torch.testing.assert_close(
+        scores, torch.where(composition_mask(model.cfg), tl, 0.0), atol=1e-6, rtol=1e-5
+    )
     OV = (model.W_V @ model.W_O).detach()
     QK = (model.W_Q @ model.W_K.transpose(-1, -2)).detach()
     right = {"Q": QK, "K": QK.transpose(-1, -2), "V": OV}[mode]
@@ -134,6 +149,7 @@ def test_composition_baseline_is_seeded_and_leaves_the_global_rng_alone(model):
     state = torch.random.get_rng_state()
     mean, std = composition_baseline(model.cfg, n_samples=2, seed=3)
     assert torch.equal(state, torch.random.get_rng_state())
+    circuits._BASELINES.clear()  # memoised per architecture: recompute to check it is seeded
     assert mean == composition_baseline(model.cfg, n_samples=2, seed=3)[0]
     assert all(0 < mean[m] < 1 and std[m] >= 0 for m in COMPOSITION_MODES)
     result = all_composition_scores(model, baseline_samples=1)

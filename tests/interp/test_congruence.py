@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from dtinterp.interp.attribution import centred_unembed
-from dtinterp.interp.congruence import mlp_to_mlp_congruence, neuron_input_congruence, neuron_output_congruence
+from dtinterp.interp.congruence import (
+    mlp_to_mlp_congruence,
+    neuron_input_congruence,
+    neuron_output_congruence,
+)
 from dtinterp.interp.embedding_geometry import embedding_rows
 from tests.plugins.conftest import _random_model
 

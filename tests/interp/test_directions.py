@@ -1,4 +1,4 @@
-"""Saved directions: exact round trips through JSON + safetensors, one-line errors for bad files and inputs."""
+"""Saved directions: exact round trips through JSON + safetensors, one-line errors for bad files/inputs."""
 
 from __future__ import annotations
 
@@ -77,6 +77,10 @@ def test_constructors_take_the_right_vectors(model, made):
     by = {d.name: d for d in made}
     torch.testing.assert_close(by["L1N5-in"].vector, model.blocks[1].mlp.W_in[:, 5].detach())
     torch.testing.assert_close(by["L0N7-out"].vector, model.blocks[0].mlp.W_out[7].detach())
+    assert (
+        by["L0N7-out"].vector.untyped_storage().data_ptr()
+        != model.blocks[0].mlp.W_out.untyped_storage().data_ptr()
+    )
     W = centred_unembed(model).detach()
     torch.testing.assert_close(by["unembed:forward-left"].vector, W[:, 2] - W[:, 0])
     torch.testing.assert_close(by["time:t=3"].vector, model.time_embed.weight[3].detach())

@@ -1,4 +1,4 @@
-"""DLA of a direction: every split sums exactly to what it splits (the value, a head, a state embedding, hook_pre)."""
+"""DLA of a direction: every split sums exactly to what it splits (value, head, state embedding, hook_pre)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from dtinterp.interp.dla import (
     run_for_dla,
     top_activating,
 )
+from dtinterp.interp.embedding_geometry import NoStateEmbeddingError
 from tests.plugins.conftest import _random_model, _windows
 
 CONFIGS = {
@@ -108,7 +109,9 @@ def test_observation_cells_sum_to_the_state_embedding_share(models, inputs, name
     obs = observation_attribution(model, inputs, cache=cache, channels=True)
     state = r.components[:, r.component_labels.index("state_embed")]
     torch.testing.assert_close(obs.direct_total, state, atol=ATOL, rtol=0)
-    torch.testing.assert_close(obs.direct_cells.sum((1, 2)) + obs.direct_direction + obs.direct_bias, state, atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        obs.direct_cells.sum((1, 2)) + obs.direct_direction + obs.direct_bias, state, atol=ATOL, rtol=0
+    )
     torch.testing.assert_close(obs.heads_channels.sum(-3), obs.heads, atol=1e-6, rtol=0)
     # Independent: each source state embedding through ln1 (cached scale), the head's OV, the readout.
     readout = r.direction.vectors - (r.direction.vectors.mean(-1, keepdim=True) if name == "LN" else 0)
@@ -118,11 +121,19 @@ def test_observation_cells_sum_to_the_state_embedding_share(models, inputs, name
         for j in range(inputs.context_len):
             e = cache["hook_embed"][:, 3 * j + 1]  # the state embedding of timestep j
             if name == "LN":
-                e = (e - e.mean(-1, keepdim=True)) / cache[f"blocks.{l}.ln1.hook_scale"][:, 3 * j + 1] * block.ln1.w
+                e = (
+                    (e - e.mean(-1, keepdim=True))
+                    / cache[f"blocks.{l}.ln1.hook_scale"][:, 3 * j + 1]
+                    * block.ln1.w
+                )
             for h in range(model.cfg.n_heads):
                 out = (e @ block.attn.W_V[h] @ block.attn.W_O[h] * readout).sum(-1)
                 expected = cache[f"blocks.{l}.attn.hook_pattern"][:, h, q, 3 * j + 1] * out * inv_final
-                total = obs.heads[:, l, h, j].sum((-2, -1)) + obs.heads_direction[:, l, h, j] + obs.heads_bias[:, l, h, j]
+                total = (
+                    obs.heads[:, l, h, j].sum((-2, -1))
+                    + obs.heads_direction[:, l, h, j]
+                    + obs.heads_bias[:, l, h, j]
+                )
                 torch.testing.assert_close(total, expected, atol=1e-5, rtol=0)
     assert float(obs.heads[0, :, :, :2].abs().max()) == 0.0  # window 0's padded timesteps are never attended
 
@@ -136,7 +147,12 @@ def test_neuron_decomposition_sums_to_hook_pre(models, inputs, name):
         torch.testing.assert_close(d.values.sum(-1), d.pre, atol=ATOL, rtol=0)
         assert len(d.labels) == d.values.shape[1] == len(set(d.labels))
         assert f"L{layer}H1" in d.labels and (f"L{layer}_mlp" not in d.labels)
-    assert d.labels[0] == "rtg_embed" and d.valid.tolist() == [True] * 4  # token 3 is R2, real in every window
+    assert d.labels[0] == "rtg_embed" and d.valid.tolist() == [
+        False,
+        True,
+        True,
+        True,
+    ]  # R2: padding in window 0
 
 
 def test_top_activating_windows(models, inputs):
@@ -159,3 +175,11 @@ def test_a_cache_missing_an_activation_is_named(models, inputs):
         _, raw = model.run_with_cache(inputs, names_filter=["hook_embed"])
     with pytest.raises(KeyError, match="hook_pos_embed"):
         direction_attribution(model, inputs, cache=ActivationCache(raw, model))
+
+
+def test_cnn_models_have_a_dla_but_no_observation_cells(inputs):
+    cnn = _random_model(state_encoder="cnn")
+    r = direction_attribution(cnn, inputs)
+    torch.testing.assert_close(r.components.sum(-1), r.value, atol=ATOL, rtol=0)
+    with pytest.raises(NoStateEmbeddingError):
+        observation_attribution(cnn, inputs)

@@ -1,4 +1,4 @@
-"""Embedding geometry: PCA is an exact change of basis, cosines are cosines, gridmaps add up to the state embedding."""
+"""Embedding geometry: PCA is an exact change of basis, cosines are cosines, gridmaps add up to embeddings."""
 
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ def test_pca_with_all_components_reconstructs_the_centred_rows(model, kind):
     rows = embedding_rows(model, kind, rtg_values=torch.linspace(0, 1, 5) if kind == "rtg" else None)
     result = pca(rows)
     torch.testing.assert_close(result.reconstruct(), rows.vectors, atol=1e-5, rtol=0)
-    torch.testing.assert_close(result.coords, (rows.vectors - result.mean) @ result.components.T, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        result.coords, (rows.vectors - result.mean) @ result.components.T, atol=1e-5, rtol=0
+    )
     k = result.components.shape[0]
     torch.testing.assert_close(result.components @ result.components.T, torch.eye(k), atol=1e-5, rtol=0)
     assert float(result.explained_variance_ratio.sum()) == pytest.approx(1.0, abs=1e-5)
