@@ -452,8 +452,11 @@ def register(app: Dash) -> None:
         Input(ids.EDITS_STORE, "data"),
         Input(ids.ANALYSIS_WINDOWS, "value"),
         Input(ids.ANALYSIS_USE_EDITS, "value"),
+        Input(ids.TABS, "value"),
     )
-    def _target(model, data, step, edits, windows, target):
+    def _target(model, data, step, edits, windows, target, tab):
+        if tab != ids.TAB_ANALYSES:
+            return no_update  # drawn when the tab is shown
         return "Will run on: " + target_text(model, data, step, edits, windows, target)
 
     @app.callback(
@@ -501,6 +504,14 @@ def register(app: Dash) -> None:
         store = {"report": r["report"], "json": r["result_json"]}
         summary = f"{r['summary']}\n({len(r['figures'])} figure(s) in {r['seconds']:.2f} s)"
         return summary, graphs, store, r["message"], False, r["result_json"] is None
+
+    @app.callback(
+        Output(ids.ANALYSIS_MESSAGE, "children", allow_duplicate=True),
+        Input(ids.ANALYSIS_CANCEL, "n_clicks"),
+        prevent_initial_call=True,
+    )
+    def _cancelled(_n):
+        return "Run cancelled: nothing was computed; the figures below (if any) are from the previous run."
 
     @app.callback(
         Output(ids.ANALYSIS_DOWNLOAD, "data"),

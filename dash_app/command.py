@@ -18,6 +18,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--port", type=int, default=8050)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="server processes (default: one per CPU core; gunicorn)"
+    )
+    p.add_argument("--dev", action="store_true", help="Flask's threaded development server, one process")
 
 
 COMMAND = Command(

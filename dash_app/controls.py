@@ -8,7 +8,8 @@ change here:
 ``int``     a number box (step 1) bounded by the declaration's min/max
 ``float``   a number box (any step) bounded by min/max
 ``bool``    a one-item checklist (ticked = true)
-``choice``  a dropdown of the declared choices (values travel as text, like ``--param``)
+``choice``  a dropdown of the declared choices (values travel as text, like ``--param``);
+            :data:`~dtinterp.plugins.api.MODEL_ACTIONS` among them offers the shown model's actions
 ``str``     a text box
 ==========  ===========================================================================
 
@@ -27,6 +28,7 @@ from typing import Any
 from dash import dcc, html
 
 from dash_app import ids
+from dtinterp.model.checkpoint import Checkpoint
 from dtinterp.plugins.api import Analysis, Param, ParameterError
 
 #: The checklist value that means "true" for a bool parameter.
@@ -47,7 +49,7 @@ def initial_value(param: Param) -> Any:
     return param.default
 
 
-def _input(param: Param, cid: dict[str, str]) -> Any:
+def _input(param: Param, cid: dict[str, str], action_names: Sequence[str] | None = None) -> Any:
     if param.type in ("int", "float"):
         return dcc.Input(
             id=cid,
@@ -68,7 +70,7 @@ def _input(param: Param, cid: dict[str, str]) -> Any:
     if param.type == "choice":
         return dcc.Dropdown(
             id=cid,
-            options=[{"label": str(c), "value": str(c)} for c in param.choices or ()],
+            options=[{"label": str(c), "value": str(c)} for c in param.resolved_choices(action_names)],
             value=initial_value(param),
             clearable=False,
             className="param-choice",
@@ -76,15 +78,22 @@ def _input(param: Param, cid: dict[str, str]) -> Any:
     return dcc.Input(id=cid, type="text", value=initial_value(param), className="param-text")
 
 
-def param_control(plugin_id: str, param: Param) -> html.Div:
-    """One labelled control for ``param`` of plugin ``plugin_id``, with its help text and bounds."""
+def param_control(plugin_id: str, param: Param, action_names: Sequence[str] | None = None) -> html.Div:
+    """One labelled control for ``param`` of plugin ``plugin_id``, with its help text and bounds.
+
+    ``action_names`` (the model's actions, ``Checkpoint.action_names``) is what a choice of
+    :data:`~dtinterp.plugins.api.MODEL_ACTIONS` offers; without it, every MiniGrid action.
+    """
     label = [] if param.type == "bool" else [html.Label(param.name, className="param-name")]
     return html.Div(
         [
             *label,
-            _input(param, control_id(plugin_id, param.name)),
+            _input(param, control_id(plugin_id, param.name), action_names),
             html.Div(
-                [html.Span(param.help), html.Span(f" ({param.describe_type()}; default {param.default})")],
+                [
+                    html.Span(param.help),
+                    html.Span(f" ({param.describe_type(action_names)}; default {param.default})"),
+                ],
                 className="param-help",
             ),
         ],
@@ -93,9 +102,12 @@ def param_control(plugin_id: str, param: Param) -> html.Div:
     )
 
 
-def plugin_controls(plugin: Analysis) -> list[html.Div]:
-    """A control for every declared parameter of ``plugin`` (an empty list if it takes none)."""
-    return [param_control(plugin.id, p) for p in plugin.parameters]
+def plugin_controls(plugin: Analysis, action_names: Sequence[str] | None = None) -> list[html.Div]:
+    """A control for every declared parameter of ``plugin`` (an empty list if it takes none).
+
+    Pass the shown model's ``action_names`` so that model-dependent choices offer only its actions.
+    """
+    return [param_control(plugin.id, p, action_names) for p in plugin.parameters]
 
 
 def raw_values(
@@ -126,18 +138,20 @@ def _from_control(plugin: Analysis, param: Param, value: Any) -> Any:
     return value
 
 
-def values_from_controls(plugin: Analysis, raw: Mapping[str, Any]) -> dict[str, Any]:
+def values_from_controls(
+    plugin: Analysis, raw: Mapping[str, Any], checkpoint: Checkpoint | None = None
+) -> dict[str, Any]:
     """The plugin's complete, validated parameters from its controls' values (missing ones: defaults).
 
     Raises :class:`ParameterError` (one line naming the plugin and parameter) for a bad value or a name
-    the plugin does not declare.
+    the plugin does not declare; with ``checkpoint``, also for an action that model does not have.
     """
     declared = {p.name: p for p in plugin.parameters}
     converted = {
         name: _from_control(plugin, declared[name], value) if name in declared else value
         for name, value in raw.items()
     }
-    return plugin.resolve_params(converted)
+    return plugin.resolve_params(converted, checkpoint)
 
 
 __all__ = [

@@ -1,22 +1,24 @@
 """The History tab: step through the current episode and see what the model saw at every step.
 
 For each step: the world (rebuilt from the env seed when the episode has one), the agent's view, the
-action taken, the reward, the return-to-go the model was conditioned on, and the tokens of the model's
-context window at that step (``R1, S1, A1, ...`` with their values). Logic is in :func:`history_view`;
-the one callback decodes the episode once and draws the tab only while it is shown.
+action taken, the reward, the return-to-go the model was conditioned on, the model's action
+distribution there, and the tokens of the model's context window at that step (``R1, S1, A1, ...`` with
+their values). Autoplay steps through the episode (in the browser: a timer moves the slider). Logic is in
+:func:`history_view`; the one callback decodes the episode once and draws the tab only while it is shown.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from dash import Dash, Input, Output, State, ctx, html, no_update
+import torch
+from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from dash_app import ids
 from dash_app.cache import ModelEntry, model_entry
 from dash_app.images import pov_image, world_image
 from dash_app.inputs import load_episode
-from dash_app.widgets import step_slider, token_chips, token_legend, window_tokens
+from dash_app.widgets import action_chart, step_slider, token_chips, token_legend, window_tokens
 from dtinterp.data.episode import Episode
 from dtinterp.errors import DtinterpError
 from envs.encoding import ACTION_NAMES
@@ -27,7 +29,16 @@ def history_view(
     session: str, entry: ModelEntry, episode: Episode | None, step: int | None
 ) -> dict[str, Any]:
     """What the History tab shows at ``step`` (default: the last observation) of ``episode``."""
-    view: dict[str, Any] = {"world": None, "pov": None, "note": "", "info": [], "tokens": [], "message": ""}
+    view: dict[str, Any] = {
+        "world": None,
+        "pov": None,
+        "note": "",
+        "info": [],
+        "tokens": [],
+        "probs": None,
+        "chart_title": "Model's action distribution",
+        "message": "",
+    }
     if episode is None:
         return view
     try:
@@ -49,7 +60,11 @@ def history_view(
             ("reward", f"{float(episode.rewards[step]):.3f}" if taken else "—"),
             ("return-to-go (model input)", f"{episode.rtg(step):.3f}"),
         ]
-        view["tokens"] = window_tokens(episode.window(entry.checkpoint, step), entry.checkpoint.rtg_scale)
+        window = episode.window(entry.checkpoint, step)
+        view["tokens"] = window_tokens(window, entry.checkpoint.rtg_scale)
+        view["probs"] = torch.softmax(entry.predict(window)[0], -1).numpy()
+        took = f": it took {ACTION_NAMES[int(episode.actions[step])]}" if taken else " (current state)"
+        view["chart_title"] = f"Model's action distribution at step {step}{took}"
     except (DtinterpError, EnvSpecError) as exc:
         view["message"] = str(exc)
     return view
@@ -59,7 +74,16 @@ def layout() -> html.Div:
     """The History tab's components."""
     return html.Div(
         [
-            step_slider(ids.HISTORY_SLIDER),
+            html.Div(
+                [
+                    html.Button(
+                        "▶ Play", id=ids.HISTORY_AUTOPLAY, n_clicks=0, title="step through the episode"
+                    ),
+                    html.Div(step_slider(ids.HISTORY_SLIDER), className="grow"),
+                ],
+                className="controls-row",
+            ),
+            dcc.Interval(id=ids.HISTORY_TIMER, interval=700, disabled=True),
             html.Div(id=ids.HISTORY_NOTE, className="tab-message"),
             html.Div(
                 [
@@ -68,6 +92,12 @@ def layout() -> html.Div:
                         [html.Img(id=ids.HISTORY_POV_IMG, alt="agent view"), html.Figcaption("agent's view")]
                     ),
                     html.Div(id=ids.HISTORY_STEP_INFO, className="step-info"),
+                    dcc.Graph(
+                        id=ids.HISTORY_PROBS_GRAPH,
+                        figure=action_chart(ACTION_NAMES, None),
+                        config={"displayModeBar": False},
+                        className="probs-graph",
+                    ),
                 ],
                 className="frames-row",
             ),
@@ -89,6 +119,7 @@ def register(app: Dash) -> None:
         Output(ids.HISTORY_NOTE, "children"),
         Output(ids.HISTORY_STEP_INFO, "children"),
         Output(ids.HISTORY_TOKENS, "children"),
+        Output(ids.HISTORY_PROBS_GRAPH, "figure"),
         Input(ids.HISTORY_SLIDER, "value"),
         Input(ids.TRAJ_STORE, "data"),
         Input(ids.TABS, "value"),
@@ -100,15 +131,48 @@ def register(app: Dash) -> None:
         step: int | None, data: Any, tab: str, shown_max: int | None, model: str, session: str
     ) -> tuple[Any, ...]:
         if tab != ids.TAB_HISTORY:
-            return (no_update,) * 7
+            return (no_update,) * 8
         try:
             episode = load_episode(data)
             entry = model_entry(model)
         except DtinterpError as exc:
-            return 0, 0, None, None, str(exc), None, []
+            return 0, 0, None, None, str(exc), None, [], no_update
         last = 0 if episode is None else episode.n_obs - 1
         if ctx.triggered_id == ids.TRAJ_STORE or step is None or step > last or shown_max != last:
             step = last  # a new or longer episode than the one shown: show its latest step
         v = history_view(session, entry, episode, step)
         info = html.Table([html.Tr([html.Th(k), html.Td(val)]) for k, val in v["info"]])
-        return last, step, v["world"], v["pov"], v["message"] or v["note"], info, token_chips(v["tokens"])
+        chart = action_chart(entry.checkpoint.action_names, v["probs"], title=v["chart_title"])
+        note = v["message"] or v["note"]
+        return last, step, v["world"], v["pov"], note, info, token_chips(v["tokens"]), chart
+
+    # Autoplay runs in the browser: the button starts and stops a timer, each tick moves the slider one
+    # step (the view callback above draws it), and the timer stops itself at the last step.
+    app.clientside_callback(
+        """function(n, disabled, value, max) {
+            var playing = !disabled;
+            if (!playing && (value || 0) >= (max || 0)) { return [false, "⏸ Pause", 0]; }
+            return [playing, playing ? "▶ Play" : "⏸ Pause", window.dash_clientside.no_update];
+        }""",
+        Output(ids.HISTORY_TIMER, "disabled"),
+        Output(ids.HISTORY_AUTOPLAY, "children"),
+        Output(ids.HISTORY_SLIDER, "value", allow_duplicate=True),
+        Input(ids.HISTORY_AUTOPLAY, "n_clicks"),
+        State(ids.HISTORY_TIMER, "disabled"),
+        State(ids.HISTORY_SLIDER, "value"),
+        State(ids.HISTORY_SLIDER, "max"),
+        prevent_initial_call=True,
+    )
+    app.clientside_callback(
+        """function(ticks, value, max) {
+            var next = Math.min((value || 0) + 1, max || 0);
+            return [next, next >= (max || 0), next >= (max || 0) ? "▶ Play" : "⏸ Pause"];
+        }""",
+        Output(ids.HISTORY_SLIDER, "value", allow_duplicate=True),
+        Output(ids.HISTORY_TIMER, "disabled", allow_duplicate=True),
+        Output(ids.HISTORY_AUTOPLAY, "children", allow_duplicate=True),
+        Input(ids.HISTORY_TIMER, "n_intervals"),
+        State(ids.HISTORY_SLIDER, "value"),
+        State(ids.HISTORY_SLIDER, "max"),
+        prevent_initial_call=True,
+    )

@@ -90,6 +90,11 @@ HISTORY_POV_IMG = "history-pov-img"
 HISTORY_NOTE = "history-note"
 HISTORY_STEP_INFO = "history-step-info"
 HISTORY_TOKENS = "history-tokens"
+#: The model's action distribution at the shown step (History tab).
+HISTORY_PROBS_GRAPH = "history-probs-graph"
+#: Autoplay: the play/pause button and the timer that advances the slider.
+HISTORY_AUTOPLAY = "history-autoplay"
+HISTORY_TIMER = "history-timer"
 
 # ------------------------------------------------------------------ Replay & interventions tab
 REPLAY_UPLOAD = "replay-upload"

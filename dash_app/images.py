@@ -13,7 +13,9 @@ import numpy as np
 
 from dash_app.cache import ENVS
 from dtinterp.data.episode import Episode
+from envs.encoding import compact_obs
 from envs.render import render_pov, render_world
+from envs.spec import EnvSpec, make_env
 
 #: Pixels per grid cell.
 TILE = 32
@@ -45,4 +47,25 @@ def pov_image(obs: np.ndarray, direction: int) -> str:
     return png_data_uri(render_pov(obs, direction, tile_size=TILE, highlight=True))
 
 
-__all__ = ["TILE", "png_data_uri", "pov_image", "world_image"]
+__all__ = ["TILE", "png_data_uri", "pov_image", "warm_tile_cache", "world_image"]
+
+
+def warm_tile_cache(spec: EnvSpec, seeds: int = 2) -> None:
+    """Draw the tiles of ``spec``'s env into minigrid's tile cache before anyone plays it.
+
+    minigrid draws a tile the first time it meets it (in pure Python: tens of milliseconds each, and the
+    first frame of an episode meets dozens) and reuses it afterwards. Rendering a few reset worlds, with
+    the agent turned to every heading, and their agent's views keeps those draws off the first key presses.
+    """
+    env = make_env(spec)
+    try:
+        for seed in range(seeds):
+            obs, _ = env.reset(seed=seed)
+            for _ in range(4):  # every heading of the agent, highlighted field of view and plain
+                render_world(env, tile_size=TILE)
+                render_world(env, tile_size=TILE, highlight=False)
+                grid, direction = compact_obs(obs)
+                render_pov(grid, direction, tile_size=TILE, highlight=True)
+                obs, *_ = env.step(0)  # turn left
+    finally:
+        env.close()

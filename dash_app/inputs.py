@@ -7,11 +7,11 @@ Every value typed or uploaded into the app goes through one of these parsers; a 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from dtinterp.data.episode import Episode
 from dtinterp.errors import DtinterpError
+from dtinterp.limits import check_rtg
 
 #: Target returns the app accepts (MiniGrid returns lie in [0, 1]; room to ask for the impossible).
 TARGET_RANGE = (-10.0, 10.0)
@@ -27,14 +27,20 @@ def load_episode(data: Any) -> Episode | None:
     return None if data is None else Episode.from_json(data)
 
 
-def parse_target(value: Any) -> float:
-    """The target return typed by the user: a finite number within :data:`TARGET_RANGE`."""
+def parse_target(value: Any, rtg_scale: float | None = None) -> float:
+    """The target return typed by the user: a finite number within :data:`TARGET_RANGE`.
+
+    Checked by :func:`dtinterp.limits.check_rtg` like every target return (with ``rtg_scale``, the
+    model's, also against what its RTG token represents).
+    """
     lo, hi = TARGET_RANGE
+    text = str(value).strip()
     try:
-        x = float(str(value).strip())
+        x = float(text)
     except ValueError:
         raise InputError(f"target return {value!r} is not a number") from None
-    if not math.isfinite(x) or not lo <= x <= hi:
+    x = check_rtg(x, f"target return {text!r}", rtg_scale, error=InputError)
+    if not lo <= x <= hi:
         raise InputError(f"target return {value!r} must be a finite number between {lo:g} and {hi:g}")
     return x
 

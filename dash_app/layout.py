@@ -14,6 +14,7 @@ from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from dash_app import analyses, history, ids, play, replay
 from dash_app.cache import model_entry, new_session_id, shipped_names
+from dash_app.card import card_markdown
 from dtinterp.errors import DtinterpError
 from envs.errors import EnvSpecError
 
@@ -27,10 +28,18 @@ TABS = (
 
 
 def model_info(key: str) -> tuple[list[Any], str]:
-    """``(info children, model card markdown)`` of a loaded model."""
+    """``(info children, model card markdown with working image links)`` of a loaded model."""
     e = model_entry(key)
     info = [html.B(key), html.Span(f" · {e.checkpoint.summary()}")]
-    return info, e.card() or "*This checkpoint has no model card (model_card.md).*"
+    card = e.card()
+    return info, card_markdown(key, card) if card else "*This checkpoint has no model card (model_card.md).*"
+
+
+def model_view(key: str) -> tuple[Any, ...]:
+    """What the top bar shows for the page's model: info, card, dropdown value, path field."""
+    info, card = model_info(key)
+    shipped = key in shipped_names()
+    return info, card, (key if shipped else None), ("" if shipped else key)
 
 
 def choose_model(event: str | None, dropdown: str | None, path: str | None, current: str) -> dict[str, Any]:
@@ -109,8 +118,9 @@ def layout(default_model: str) -> html.Div:
     return html.Div(
         [
             dcc.Store(id=ids.SESSION_STORE, data=new_session_id(), storage_type="memory"),
-            dcc.Store(id=ids.MODEL_STORE, data=default_model, storage_type="memory"),
-            dcc.Store(id=ids.TRAJ_STORE, data=None, storage_type="memory"),
+            # The model and the episode survive a page reload (the browser tab's session storage).
+            dcc.Store(id=ids.MODEL_STORE, data=default_model, storage_type="session"),
+            dcc.Store(id=ids.TRAJ_STORE, data=None, storage_type="session"),
             dcc.Store(id=ids.STEP_STORE, data=None, storage_type="memory"),
             dcc.Store(id=ids.EDITS_STORE, data=[], storage_type="memory"),
             _top_bar(default_model),
@@ -138,11 +148,7 @@ def register(app: Dash) -> None:
 
     @app.callback(
         Output(ids.MODEL_STORE, "data"),
-        Output(ids.MODEL_INFO, "children"),
-        Output(ids.MODEL_CARD, "children"),
         Output(ids.MESSAGE, "children"),
-        Output(ids.MODEL_DROPDOWN, "value"),
-        Output(ids.MODEL_PATH_INPUT, "value"),
         Input(ids.MODEL_DROPDOWN, "value"),
         Input(ids.MODEL_LOAD_BUTTON, "n_clicks"),
         State(ids.MODEL_PATH_INPUT, "value"),
@@ -151,8 +157,21 @@ def register(app: Dash) -> None:
     )
     def _choose(dropdown: str | None, _clicks: int, path: str | None, current: str) -> tuple[Any, ...]:
         r = choose_model(ctx.triggered_id, dropdown, path, current)
-        key = no_update if r["key"] == current else r["key"]
-        return key, r["info"], r["card"], r["message"], r["dropdown"], r["path"]
+        return (no_update if r["key"] == current else r["key"]), r["message"]
+
+    @app.callback(
+        Output(ids.MODEL_INFO, "children"),
+        Output(ids.MODEL_CARD, "children"),
+        Output(ids.MODEL_DROPDOWN, "value"),
+        Output(ids.MODEL_PATH_INPUT, "value"),
+        Input(ids.MODEL_STORE, "data"),
+    )
+    def _show_model(key: str) -> tuple[Any, ...]:
+        # The page's model changed (chosen, or restored by a reload): the top bar follows it.
+        try:
+            return model_view(key)
+        except (DtinterpError, EnvSpecError):
+            return (no_update,) * 4
 
     values = json.dumps([value for value, *_ in TABS])
     app.clientside_callback(

@@ -296,6 +296,19 @@ def keys_hint(n_actions: int) -> str:
     return "Keys: " + ", ".join(parts) + " (not while typing in a field)."
 
 
+#: Which of several inputs fired together is the event (a click beats the typed value it follows).
+EVENT_PRIORITY = (
+    ids.PLAY_RESET,
+    *ids.PLAY_ACTION_BUTTONS,
+    ids.PLAY_DT_STEP,
+    ids.PLAY_DT_RUN,
+    ids.MODEL_STORE,
+    ids.PLAY_TARGET_RTG,
+    ids.TRAJ_STORE,
+    ids.TABS,
+)
+
+
 def register(app: Dash) -> None:
     """The Play tab's one callback: apply the event, then draw the tab (the episode is decoded once)."""
 
@@ -326,7 +339,9 @@ def register(app: Dash) -> None:
     def _play(*args: Any) -> tuple[Any, ...]:
         target, model, data, tab, session, seed = args[-6:]
         n_out = 11 + len(ids.PLAY_ACTION_BUTTONS)
-        event = ctx.triggered_id
+        # Several inputs can fire together (typing a target, then clicking Reset): the click wins.
+        fired = set(ctx.triggered_prop_ids.values())
+        event = next((e for e in EVENT_PRIORITY if e in fired), None)
         if event in (ids.TRAJ_STORE, ids.TABS) and tab != ids.TAB_PLAY and data is not None:
             return (no_update,) * n_out  # another tab changed the episode: redraw when Play is shown
         try:
@@ -336,13 +351,11 @@ def register(app: Dash) -> None:
         else:
             message = ""
         new = None
-        if data is None or event not in (
-            ids.TRAJ_STORE,
-            ids.TABS,
-        ):  # no episode yet: the page load starts one
-            new, message = play_event(
-                event if data is not None else None, session, model, episode, seed, target
-            )
+        if episode is None:  # no episode yet (a first page load) or an unreadable one: start one
+            new, reset_message = play_event(None, session, model, None, seed, target)
+            message = message or reset_message
+        elif event not in (None, ids.TRAJ_STORE, ids.TABS):  # None: a reload restored the episode
+            new, message = play_event(event, session, model, episode, seed, target)
         shown = new if new is not None else episode
         try:
             entry = model_entry(model)

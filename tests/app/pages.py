@@ -104,7 +104,13 @@ def status_step(driver: WebDriver) -> int | None:
 
 
 def open_app(driver: WebDriver, url: str) -> None:
-    """Load the app (a new app session) and wait until the Play tab shows its first frame."""
+    """Load the app (a new app session) and wait until the Play tab shows its first frame.
+
+    The page keeps its model and episode in the tab's session storage (they survive a reload), so the
+    storage is emptied first, from a plain page of the same origin: every test starts a fresh session.
+    """
+    driver.get(url.rstrip("/") + "/_favicon.ico")
+    driver.execute_script("window.sessionStorage.clear();")
     driver.get(url)
     wait_for(
         driver,

@@ -86,3 +86,38 @@ def test_cli_busy_port_is_one_line_exit_2(capsys):
         assert main(["app", "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"dtinterp: error: cannot serve on 127.0.0.1:{port}") and "\n" not in err
+
+
+def test_model_card_assets_are_served_and_nothing_else(app):
+    from dash_app.card import card_markdown, encode_key
+
+    client = app.server.test_client()
+    enc = encode_key("memory-s7")
+    ok = client.get(f"/model-card/{enc}/calibration.svg")
+    assert ok.status_code == 200 and ok.mimetype == "image/svg+xml" and b"<svg" in ok.data[:2000]
+    assert client.get(f"/model-card/{enc}/episode.gif").status_code == 200
+    for bad in (
+        f"/model-card/{enc}/model.safetensors",  # not a card asset type
+        f"/model-card/{enc}/..%2fconfig.json",
+        f"/model-card/{enc}/../memory-s7/calibration.svg",
+        f"/model-card/{encode_key('/etc')}/passwd.svg",  # not a checkpoint
+        "/model-card/!!!/calibration.svg",
+        f"/model-card/{enc}/missing.svg",
+    ):
+        r = client.get(bad)  # a 404, or the app's own page for a path the router normalised away
+        assert r.status_code == 404 or (r.mimetype == "text/html" and b"weights_sha256" not in r.data), bad
+    text = card_markdown("memory-s7", "![c](calibration.svg) ![w](https://x.org/a.png) [r](#top)")
+    assert text == f"![c](/model-card/{enc}/calibration.svg) ![w](https://x.org/a.png) [r](#top)"
+
+
+def test_cli_leaves_no_cache_directory_behind_when_it_fails(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    assert main(["app", "--model", "/no/such/checkpoint", "--port", "8765"]) == 2
+    assert main(["app", "--host", "no-such-host.invalid", "--port", "8765"]) == 2
+    assert main(["app", "--workers", "0"]) == 2
+    assert not list(tmp_path.glob("dtinterp-app-*"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("dtinterp: error: ") for line in err)
