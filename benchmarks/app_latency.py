@@ -356,8 +356,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str | None, timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+def start_server(
+    model: str | None, timeout: float = 120.0, workers: int | None = None
+) -> tuple[subprocess.Popen, str]:
     """``dtinterp app`` on a free loopback port; returns the process and its URL once it answers.
+
+    ``workers`` processes of the production server (default: one per core); 0 means the development
+    server (``--dev``, one process).
 
     Its output (one access-log line per request) goes to a temporary file, never to an unread pipe,
     which would block the server once full.
@@ -366,6 +371,10 @@ def start_server(model: str | None, timeout: float = 120.0) -> tuple[subprocess.
     cmd = [sys.executable, "-m", "dtinterp.cli", "app", "--host", "127.0.0.1", "--port", str(port)]
     if model:
         cmd += ["--model", model]
+    if workers == 0:
+        cmd += ["--dev"]
+    elif workers is not None:
+        cmd += ["--workers", str(workers)]
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - open as long as the server runs
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
@@ -418,10 +427,13 @@ def main() -> None:
     p.add_argument("--sessions", type=int, default=8, help="concurrent sessions in the load run")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of the load run")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--workers", type=int, default=None, help="server processes (default: one per core; 0: --dev)"
+    )
     args = p.parse_args()
 
     t0 = time.perf_counter()
-    proc, url = start_server(args.model)
+    proc, url = start_server(args.model, workers=args.workers)
     print(f"dtinterp app on {url} (pid {proc.pid}) answered after {time.perf_counter() - t0:.1f} s")
     try:
         deps = requests.get(url + "_dash-dependencies", timeout=10).json()

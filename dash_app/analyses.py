@@ -446,17 +446,16 @@ def register(app: Dash) -> None:
 
     @app.callback(
         Output(ids.ANALYSIS_TARGET_INFO, "children"),
-        Input(ids.MODEL_STORE, "data"),
-        Input(ids.TRAJ_STORE, "data"),
-        Input(ids.STEP_STORE, "data"),
-        Input(ids.EDITS_STORE, "data"),
+        Input(ids.ANALYSES_SHOWN_EPISODE, "data"),
         Input(ids.ANALYSIS_WINDOWS, "value"),
         Input(ids.ANALYSIS_USE_EDITS, "value"),
-        Input(ids.TABS, "value"),
+        State(ids.MODEL_STORE, "data"),
+        State(ids.STEP_STORE, "data"),
+        State(ids.EDITS_STORE, "data"),
     )
-    def _target(model, data, step, edits, windows, target, tab):
-        if tab != ids.TAB_ANALYSES:
-            return no_update  # drawn when the tab is shown
+    def _target(data, windows, target, model, step, edits):
+        # ANALYSES_SHOWN_EPISODE is handed over while this tab is shown: the step and edits (set in the Replay
+        # tab) are read then, so the line always names what a run would use now.
         return "Will run on: " + target_text(model, data, step, edits, windows, target)
 
     @app.callback(

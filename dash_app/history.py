@@ -4,7 +4,7 @@ For each step: the world (rebuilt from the env seed when the episode has one), t
 action taken, the reward, the return-to-go the model was conditioned on, the model's action
 distribution there, and the tokens of the model's context window at that step (``R1, S1, A1, ...`` with
 their values). Autoplay steps through the episode (in the browser: a timer moves the slider). Logic is in
-:func:`history_view`; the one callback decodes the episode once and draws the tab only while it is shown.
+:func:`history_view`; the one callback decodes the episode once and runs only while the tab is shown (``ids.HISTORY_SHOWN_EPISODE``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
+from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from dash_app import ids
 from dash_app.cache import ModelEntry, model_entry
@@ -121,24 +121,22 @@ def register(app: Dash) -> None:
         Output(ids.HISTORY_TOKENS, "children"),
         Output(ids.HISTORY_PROBS_GRAPH, "figure"),
         Input(ids.HISTORY_SLIDER, "value"),
-        Input(ids.TRAJ_STORE, "data"),
-        Input(ids.TABS, "value"),
+        Input(ids.HISTORY_SHOWN_EPISODE, "data"),
         State(ids.HISTORY_SLIDER, "max"),
         State(ids.MODEL_STORE, "data"),
         State(ids.SESSION_STORE, "data"),
     )
     def _show(
-        step: int | None, data: Any, tab: str, shown_max: int | None, model: str, session: str
+        step: int | None, data: Any, shown_max: int | None, model: str, session: str
     ) -> tuple[Any, ...]:
-        if tab != ids.TAB_HISTORY:
-            return (no_update,) * 8
+        # HISTORY_SHOWN_EPISODE is the page's episode, handed over only while this tab is shown.
         try:
             episode = load_episode(data)
             entry = model_entry(model)
         except DtinterpError as exc:
             return 0, 0, None, None, str(exc), None, [], no_update
         last = 0 if episode is None else episode.n_obs - 1
-        if ctx.triggered_id == ids.TRAJ_STORE or step is None or step > last or shown_max != last:
+        if step is None or step > last or shown_max != last:
             step = last  # a new or longer episode than the one shown: show its latest step
         v = history_view(session, entry, episode, step)
         info = html.Table([html.Tr([html.Th(k), html.Td(val)]) for k, val in v["info"]])

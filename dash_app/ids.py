@@ -25,6 +25,11 @@ from envs.encoding import ACTION_NAMES
 
 # ------------------------------------------------------------------ shared stores and page frame
 SESSION_STORE = "session-store"
+#: The episode as each tab sees it: a copy of ``TRAJ_STORE`` made in the browser only while that tab is
+#: shown (and when it is opened), so hidden tabs send no requests and compute nothing.
+HISTORY_SHOWN_EPISODE = "history-shown-episode"
+REPLAY_SHOWN_EPISODE = "replay-shown-episode"
+ANALYSES_SHOWN_EPISODE = "analyses-shown-episode"
 MODEL_STORE = "model-store"
 TRAJ_STORE = "traj-store"
 STEP_STORE = "step-store"

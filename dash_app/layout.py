@@ -27,6 +27,14 @@ TABS = (
 )
 
 
+#: The episode store each tab reads (see ``ids.HISTORY_SHOWN_EPISODE``), by tab.
+GATES = {
+    ids.TAB_HISTORY: ids.HISTORY_SHOWN_EPISODE,
+    ids.TAB_REPLAY: ids.REPLAY_SHOWN_EPISODE,
+    ids.TAB_ANALYSES: ids.ANALYSES_SHOWN_EPISODE,
+}
+
+
 def model_info(key: str) -> tuple[list[Any], str]:
     """``(info children, model card markdown with working image links)`` of a loaded model."""
     e = model_entry(key)
@@ -122,6 +130,7 @@ def layout(default_model: str) -> html.Div:
             dcc.Store(id=ids.MODEL_STORE, data=default_model, storage_type="session"),
             dcc.Store(id=ids.TRAJ_STORE, data=None, storage_type="session"),
             dcc.Store(id=ids.STEP_STORE, data=None, storage_type="memory"),
+            *[dcc.Store(id=gate, data=None, storage_type="memory") for gate in GATES.values()],
             dcc.Store(id=ids.EDITS_STORE, data=[], storage_type="memory"),
             _top_bar(default_model),
             dcc.Tabs(
@@ -178,6 +187,24 @@ def register(app: Dash) -> None:
         f"function(tab) {{ return {values}.map(function (v) {{ return v === tab ? {{}} : {{display: 'none'}}; }}); }}",
         [Output(panel, "style") for _, panel, _, _ in TABS],
         Input(ids.TABS, "value"),
+    )
+    # Hidden tabs stay idle: the browser hands the episode to a tab only while it is shown (and when it is
+    # opened), so a play step sends one request, the Play tab's. A new episode resets the Replay step.
+    gate_tabs = json.dumps(list(GATES))
+    app.clientside_callback(
+        f"""function(data, tab) {{
+            const noUpdate = window.dash_clientside.no_update;
+            return {gate_tabs}.map(function (t) {{ return t === tab ? data : noUpdate; }});
+        }}""",
+        [Output(gate, "data") for gate in GATES.values()],
+        Input(ids.TRAJ_STORE, "data"),
+        Input(ids.TABS, "value"),
+    )
+    app.clientside_callback(
+        "function(data) { return null; }",
+        Output(ids.STEP_STORE, "data", allow_duplicate=True),
+        Input(ids.TRAJ_STORE, "data"),
+        prevent_initial_call=True,
     )
     for *_, module in TABS:
         module.register(app)

@@ -615,9 +615,9 @@ def register(app: Dash) -> None:
         Input(ids.REPLAY_EDIT_APPLY, "n_clicks"),
         Input(ids.REPLAY_EDIT_CLEAR, "n_clicks"),
         Input({"type": ids.REPLAY_HELPER_ADD, "kind": ALL}, "n_clicks"),
-        Input(ids.TRAJ_STORE, "data"),
+        Input(ids.REPLAY_SHOWN_EPISODE, "data"),
         Input(ids.MODEL_STORE, "data"),
-        Input(ids.TABS, "value"),
+        State(ids.REPLAY_STEP_SLIDER, "max"),
         State(ids.REPLAY_EDITS_TEXT, "value"),
         State(ids.REPLAY_HELPER_TOKEN, "value"),
         State(ids.REPLAY_HELPER_RTG, "value"),
@@ -637,7 +637,7 @@ def register(app: Dash) -> None:
         _adds,
         data,
         model,
-        tab,
+        shown_max,
         text,
         k,
         rtg,
@@ -649,6 +649,7 @@ def register(app: Dash) -> None:
         state,
         direction,
     ):
+        # REPLAY_SHOWN_EPISODE is the page's episode, handed over only while this tab is shown.
         event = ctx.triggered_id
         try:
             episode = load_episode(data)
@@ -656,11 +657,8 @@ def register(app: Dash) -> None:
         except DtinterpError as exc:
             return 0, 0, str(exc), *(no_update,) * 12, str(exc)
         last = 0 if episode is None else episode.n_obs - 1
-        if event in (ids.TRAJ_STORE, ids.MODEL_STORE) or step is None or step > last:
+        if event == ids.MODEL_STORE or step is None or step > last or shown_max != last:
             step = last  # a new episode: look at its latest step
-        if tab != ids.TAB_REPLAY:
-            # Hidden: keep the step in range and tell the Analyses tab, but draw nothing.
-            return last, step, source_text(episode), *(no_update,) * 10, step, no_update, no_update
         helper_message = ""
         if event == ids.REPLAY_EDIT_CLEAR:
             text = ""
