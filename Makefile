@@ -20,7 +20,7 @@ $(PY):
 $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e ".[dev,app,test-app]"
+	$(PIP) install -q -e ".[dev,app,test-app,ray,minari,test-minari]"
 	# The example plugin, installed like a third-party package: its analysis must show up everywhere.
 	$(PIP) install -q --no-deps --no-build-isolation -e examples/dtinterp-example-plugin
 	touch $(STAMP)

@@ -191,8 +191,8 @@ def run_in_app(
     out: dict[str, Any] = {"ok": False, "message": "", "summary": "", "figures": [], "result_json": None}
     try:
         plugin = registry.get(plugin_id)
-        params = controls.values_from_controls(plugin, raw_params)
         entry = model_entry(model)
+        params = controls.values_from_controls(plugin, raw_params, entry.checkpoint)
         edit_list = list(edits or []) if plugin.needs_counterfactual or target == TARGET_EDITED else []
         if plugin.category == "static" and not plugin.needs_counterfactual:
             inputs, source = None, {"description": "none: the analysis reads the weights only"}
@@ -422,8 +422,9 @@ def register(app: Dash) -> None:
         Output(ids.ANALYSIS_USE_EDITS, "value"),
         Output(ids.ANALYSIS_WINDOWS, "value"),
         Input(ids.ANALYSIS_SELECT, "value"),
+        Input(ids.MODEL_STORE, "data"),
     )
-    def _plugin(plugin_id):
+    def _plugin(plugin_id, model):
         if plugin_id is None:
             return html.P("No analysis is installed.", className="hint"), [], no_update, no_update, no_update
         try:
@@ -442,7 +443,17 @@ def register(app: Dash) -> None:
         ]
         # A new analysis starts from its own defaults: no choice made for another one carries over.
         value = TARGET_EDITED if cf else TARGET_CLEAN
-        return describe_plugin(plugin), controls.plugin_controls(plugin), options, value, WINDOWS_STEP
+        try:  # choices that depend on the model (its actions) list the page's model's own
+            actions = model_entry(model).checkpoint.action_names
+        except DtinterpError:
+            actions = None
+        return (
+            describe_plugin(plugin),
+            controls.plugin_controls(plugin, actions),
+            options,
+            value,
+            WINDOWS_STEP,
+        )
 
     @app.callback(
         Output(ids.ANALYSIS_TARGET_INFO, "children"),

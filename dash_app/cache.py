@@ -150,7 +150,7 @@ class ModelEntry:
 
 def shipped_names() -> list[str]:
     """Names of the shipped models, sorted."""
-    return [m.name for m in list_models()]
+    return [m.name for m in list_models(on_error=lambda _path, _exc: None)]  # a broken one is left out
 
 
 def default_model_key() -> str:

@@ -6,14 +6,15 @@ by ``--max-windows``) or ``--rollout --rtg R --seed S`` (play one greedy episode
 ``--step``); a static analysis (weights only) needs none. ``--edit`` builds the counterfactual,
 ``--param key=value`` sets the plugin's parameters. The run itself is
 :func:`dtinterp.plugins.run.run_analysis`, the same as in the app. Every argument is checked before any
-work and nothing is written unless the whole run succeeds; the report and the optional result JSON
-(with the run's provenance) are written atomically. Status lines go to stderr.
+work (the outputs' locations first; the target and edited returns, the parameters whose choices depend on
+the model and the number of windows once the model is loaded, before any episode is played) and nothing is
+written unless the whole run succeeds; the report and the optional result JSON (with the run's
+provenance) are written together, all or none (:mod:`dtinterp.outputs`). Status lines go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import textwrap
 from pathlib import Path
@@ -22,15 +23,20 @@ from typing import Any
 from dtinterp.data.dataset import load_dataset
 from dtinterp.data.episode import Episode, dataset_targets, dataset_windows
 from dtinterp.errors import DtinterpError, EpisodeError
-from dtinterp.interp.edits import parse_edit
-from dtinterp.model.checkpoint import Checkpoint, atomic_write_text, load_checkpoint
+from dtinterp.interp.edits import Edit, EditError, SetRTG, parse_edit
+from dtinterp.limits import MAX_CACHE_BYTES, cache_bytes_per_window, check_rtg, max_windows
+from dtinterp.model.checkpoint import Checkpoint, load_checkpoint
 from dtinterp.model.inputs import DTInputs
+from dtinterp.outputs import check_outputs, write_outputs
 from dtinterp.play.rollout import play_episode
 from dtinterp.plugins.api import PluginError
 from dtinterp.plugins.registry import Registry, get_registry
 from dtinterp.plugins.run import run_analysis
+from dtinterp.train.evaluate import check_device
 
 INPUT_FLAGS = "--trajectory FILE [--step T], --data FILE --episodes N, or --rollout --rtg R --seed S"
+#: Windows taken from ``--data`` without ``--max-windows`` (fewer if this model's cache cannot hold them).
+DEFAULT_MAX_WINDOWS = 256
 
 
 def _status(msg: str) -> None:
@@ -42,9 +48,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.list:
         print(format_plugin_list(get_registry()))
         return 0
-    _check_args(args)
+    outputs = _check_args(args)
     edits = [parse_edit(text) for text in args.edit]
     raw_params = parse_params(args.param)
+    device = check_device(args.device)
 
     registry = get_registry()
     plugin = registry.get(args.analysis)
@@ -57,7 +64,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise DtinterpError(f"analysis {plugin.id!r} runs on windows: give {INPUT_FLAGS}")
 
     _status(f"loading model {args.model_dir}")
-    ckpt = load_checkpoint(args.model_dir, device=args.device)
+    ckpt = load_checkpoint(args.model_dir, device=device)
+    _check_against_model(args, ckpt, edits)
+    plugin.resolve_params(raw_params, ckpt)  # choices that depend on the model (its actions)
     inputs, source = build_inputs(args, ckpt)
     what = (
         "weights only"
@@ -68,14 +77,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     run = run_analysis(ckpt, inputs, plugin, raw_params, edits, source=source, registry=registry)
 
     _status(f"writing {len(run.figures)} figure(s)")
-    outputs = [("--out", args.out, run.report_html())]
-    if args.json:
-        outputs.append(("--json", args.json, run.json_text()))
-    for flag, path, text in outputs:  # everything is rendered before the first byte is written
-        try:
-            atomic_write_text(path, text)
-        except OSError as exc:
-            raise DtinterpError(f"cannot write {flag} {path!r}: {exc.strerror or exc}") from None
+    texts = [("--out", outputs["--out"], run.report_html())]
+    if "--json" in outputs:
+        texts.append(("--json", outputs["--json"], run.json_text()))
+    for path in write_outputs(texts):  # everything is rendered before the first byte is written
         print(f"wrote {path}")
     if run.summary:
         print(run.summary)
@@ -88,8 +93,11 @@ def _sources(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    """Every check that needs no model or plugin, so a typo costs nothing and writes nothing."""
+def _check_args(args: argparse.Namespace) -> dict[str, Path]:
+    """Every check that needs no model or plugin, so a typo costs nothing and writes nothing.
+
+    Returns the checked output paths (``--out``, and ``--json`` if asked for).
+    """
     if args.model_dir is None:
         raise DtinterpError("analyze needs a MODEL_DIR (or --list to see the analyses)")
     if args.analysis is None:
@@ -98,11 +106,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise DtinterpError(f"model directory {args.model_dir!r} does not exist")
     if args.out is None:
         raise DtinterpError("analyze needs --out REPORT.html")
-    for flag, path in (("--out", args.out), ("--json", args.json)):
-        if path is not None:
-            _check_out(flag, Path(path))
-    if args.json is not None and Path(args.json).resolve() == Path(args.out).resolve():
-        raise DtinterpError(f"--json and --out name the same file {args.out!r}")
+    outputs = check_outputs({"--out": args.out, "--json": args.json})
+    if args.rtg is not None:
+        check_rtg(args.rtg, "--rtg")
     sources = _sources(args)
     if not sources:  # a static analysis runs on the checkpoint alone; others are refused once the id is known
         stray = [f for f, v in (("--step", args.step), ("--episodes", args.episodes),
@@ -110,7 +116,7 @@ def _check_args(args: argparse.Namespace) -> None:
                  if v is not None]  # fmt: skip
         if stray:
             raise DtinterpError(f"{stray[0]} needs an input source ({INPUT_FLAGS})")
-        return
+        return outputs
     if len(sources) > 1:
         raise DtinterpError(f"give one input source, not {' and '.join('--' + s for s in sources)}")
     source = sources[0]
@@ -129,18 +135,29 @@ def _check_args(args: argparse.Namespace) -> None:
         raise DtinterpError(f"{misplaced[0]} does not apply to --{source} inputs (inputs: {INPUT_FLAGS})")
     if source == "data" and args.episodes is None:
         raise DtinterpError("--data needs --episodes N (windows at every step of the first N episodes)")
-    if source == "rollout" and (args.rtg is None or not math.isfinite(args.rtg)):
+    if source == "rollout" and args.rtg is None:
         raise DtinterpError("--rollout needs --rtg R, a finite target return to play at")
     for flag, path in (("--trajectory", args.trajectory), ("--data", args.data)):
         if path is not None and not Path(path).is_file():
             raise DtinterpError(f"{flag} file {path!r} does not exist")
+    return outputs
 
 
-def _check_out(flag: str, path: Path) -> None:
-    if path.is_dir():
-        raise DtinterpError(f"{flag} {str(path)!r} is a directory, not a file")
-    if not path.parent.is_dir():
-        raise DtinterpError(f"{flag} {str(path)!r}: directory {str(path.parent)!r} does not exist")
+def _check_against_model(args: argparse.Namespace, ckpt: Checkpoint, edits: list[Edit]) -> None:
+    """The checks that need the model: target and edited returns against its RTG scale, and how many
+    windows its activation cache can hold (:func:`dtinterp.limits.max_windows`)."""
+    if args.rtg is not None:
+        check_rtg(args.rtg, "--rtg", ckpt.rtg_scale)
+    for edit in edits:
+        if isinstance(edit, SetRTG):
+            check_rtg(edit.value, f"--edit {str(edit)!r}", ckpt.rtg_scale, error=EditError)
+    limit = max_windows(ckpt.config)
+    if args.max_windows is not None and args.max_windows > limit:
+        gib = args.max_windows * cache_bytes_per_window(ckpt.config) / 2**30
+        raise DtinterpError(
+            f"--max-windows {args.max_windows}: the activation cache of that many windows of this model "
+            f"would take {gib:.1f} GiB; at most {limit} fit in {MAX_CACHE_BYTES / 2**30:g} GiB"
+        )
 
 
 def parse_params(items: list[str]) -> dict[str, str]:
@@ -166,9 +183,13 @@ def build_inputs(args: argparse.Namespace, ckpt: Checkpoint) -> tuple[DTInputs |
             raise EpisodeError(
                 f"{where} has {ds.n_episodes} episodes; --episodes {args.episodes} is too many"
             )
-        max_windows = 256 if args.max_windows is None else args.max_windows
+        n_windows = (
+            min(DEFAULT_MAX_WINDOWS, max_windows(ckpt.config))
+            if args.max_windows is None
+            else args.max_windows
+        )
         _status(f"building windows from {args.episodes} episode(s) of {args.data}")
-        inputs, ends = dataset_windows(ds, list(range(args.episodes)), ckpt, max_windows, where)
+        inputs, ends = dataset_windows(ds, list(range(args.episodes)), ckpt, n_windows, where)
         n_steps = int(ds.episode_lengths()[: args.episodes].sum())
         every = "every step" if inputs.batch_size == n_steps else f"{inputs.batch_size} evenly spaced steps"
         return inputs, {

@@ -23,3 +23,7 @@ class ConfigError(DtinterpError):
 
 class EpisodeError(DtinterpError):
     """An episode, a step of it, or its JSON form is invalid or does not fit the model."""
+
+
+class OutputError(DtinterpError):
+    """An output path cannot be written (missing or unwritable directory, a directory, a clash)."""

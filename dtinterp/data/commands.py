@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dtinterp.data.dataset import TrajectoryDataset, load_dataset, save_dataset
-from dtinterp.errors import DatasetError
+from dtinterp.errors import ConfigError, DatasetError
+from dtinterp.outputs import check_output, write_outputs
 from envs.spec import EnvSpec
 
 _HIST_BINS = 12
@@ -19,9 +18,13 @@ _BAR_WIDTH = 40
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    """Collect ``--episodes`` episodes of ``--policy`` in ``--env`` and save them atomically to ``--out``."""
-    out = Path(args.out)
-    _check_out_path(out)
+    """Collect ``--episodes`` episodes of ``--policy`` in ``--env`` and save them atomically to ``--out``.
+
+    ``--out`` is checked (a writable directory, not a directory itself) before anything else, and
+    :func:`~dtinterp.data.collect.collect` bounds the view and episode limit by what the env can use
+    before the first episode is played.
+    """
+    out = check_output("--out", args.out)
     spec = EnvSpec(
         env_id=args.env,
         view_size=args.view_size,
@@ -29,21 +32,26 @@ def cmd_collect(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
     )
     params = parse_policy_params(getattr(args, "policy_param", None) or [])
-    from dtinterp.data.collect import collect  # after the cheap checks: it loads the policies
+    if getattr(args, "backend", "local") == "ray":
+        from dtinterp.scale.backend import collect_parallel, make_backend
 
-    ds = collect(
-        spec,
-        args.episodes,
-        args.policy,
-        seed=args.seed,
-        workers=args.workers,
-        policy_params=params,
-        progress=True,
-    )
-    try:
-        save_dataset(ds, out)
-    except OSError as exc:
-        raise DatasetError(f"cannot write --out {str(out)!r}: {exc.strerror or exc}") from None
+        with make_backend("ray", args.workers, args.ray_address) as backend:  # unreachable: one line, exit 2
+            ds = collect_parallel(spec, args.episodes, args.policy, args.seed, backend, params, progress=True)
+    else:
+        if getattr(args, "ray_address", None) is not None:
+            raise ConfigError("--ray-address needs --backend ray")
+        from dtinterp.data.collect import collect  # after the cheap checks: it loads the policies
+
+        ds = collect(
+            spec,
+            args.episodes,
+            args.policy,
+            seed=args.seed,
+            workers=args.workers,
+            policy_params=params,
+            progress=True,
+        )
+    write_outputs([("--out", out, lambda tmp: save_dataset(ds, tmp))])
     size = out.stat().st_size
     rets = ds.episode_returns()
     print(f"wrote {out}")
@@ -141,17 +149,6 @@ def return_histogram(returns: np.ndarray, bins: int = _HIST_BINS, width: int = _
             bar = "."  # a non-empty bin too small to draw still shows
         rows.append(f"[{edges[k]:7.3f}, {edges[k + 1]:7.3f}{close}  {bar:<{width}}  {c}")
     return rows
-
-
-def _check_out_path(out: Path) -> None:
-    """Refuse an output path that cannot be written, before any episode is collected."""
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise DatasetError(f"output directory {str(parent)!r} for --out does not exist")
-    if out.is_dir():
-        raise DatasetError(f"--out {str(out)!r} is a directory, expected a .npz file path")
-    if not os.access(parent, os.W_OK):
-        raise DatasetError(f"output directory {str(parent)!r} for --out is not writable")
 
 
 def _human_bytes(n: int) -> str:

@@ -13,12 +13,20 @@ array              dtype    shape           meaning
 ``truncated``      bool     [N]             the episode hit its step limit after action t
 ``episode_starts`` int64    [E + 1]         row offsets: episode e is rows ``starts[e]:starts[e + 1]``
 ``episode_modes``  uint8    [E]             index into ``metadata["policy"]["modes"]`` (behaviour mode)
+``fact_<name>``    int16    [N]             optional (format 2): a categorical fact of the env state before
+                   /float32                 action t (:mod:`envs.facts`), e.g. ``fact_cue_object``; float32
+                                            for a scalar fact (``fact_goal_distance``)
 ``metadata``       unicode  []              JSON: format/package version, env spec, policy, seed, episodes
 =================  =======  ==============  ===============================================================
 
 Files are written atomically and byte-deterministically (fixed zip timestamps, sorted members, no
 wall-clock time in the metadata), so the same collection arguments give the same bytes on disk.
 Return-to-go is not stored: it is computed from ``rewards`` when training windows are cut.
+
+**Versions.** Format 2 added the optional ``fact_<name>`` arrays; nothing else changed, so version-1
+files load as they are (with no facts) and a version-1 dataset saved again keeps its version and bytes.
+Facts describe the env, not the behaviour: :meth:`TrajectoryDataset.fingerprint` leaves them out, so a
+dataset re-collected with facts keeps the fingerprint its checkpoints record.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import zipfile
 import zlib
@@ -40,9 +49,12 @@ import dtinterp
 from dtinterp.errors import DatasetError
 from envs.encoding import N_COLORS, N_DIRECTIONS, N_OBJECTS
 from envs.errors import EnvSpecError
+from envs.facts import FACT_DTYPES as FACT_KIND_DTYPES
 from envs.spec import EnvSpec, obs_shape
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this dtinterp reads (version 1 has no facts).
+READABLE_VERSIONS = (1, 2)
 N_ACTIONS = len(Actions)  # 7
 #: Keys every dataset's metadata carries.
 METADATA_KEYS = ("format_version", "package_version", "env_spec", "policy", "seed", "episodes")
@@ -60,6 +72,10 @@ _ARRAYS: dict[str, tuple[np.dtype, int]] = {
 }
 _PER_STEP = ("obs", "directions", "actions", "rewards", "terminated", "truncated")
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # zip's epoch: no wall-clock time in the file
+#: Prefix of the archive members that hold facts, and the dtypes a fact may have.
+FACT_PREFIX = "fact_"
+FACT_DTYPES = tuple(FACT_KIND_DTYPES.values())  # int16 (categorical), float32 (scalar)
+_FACT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 @dataclass
@@ -84,6 +100,8 @@ class TrajectoryDataset:
     """uint8 [E]: index into ``metadata["policy"]["modes"]`` of each episode's behaviour mode."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """JSON-able provenance: format/package version, env spec, policy, seed, episodes."""
+    facts: dict[str, np.ndarray] = field(default_factory=dict)
+    """Ground truth per step (format 2, optional): name -> int16 (categorical) or float32 (scalar) [N]."""
 
     @property
     def env_spec(self) -> EnvSpec:
@@ -127,7 +145,8 @@ class TrajectoryDataset:
         return self.episode_returns() > 0
 
     def fingerprint(self) -> dict[str, Any]:
-        """Identity of the data (not its metadata): checkpoints record it to name their training set."""
+        """Identity of the data (not its metadata, nor its facts): checkpoints record it to name their
+        training set."""
         h = hashlib.sha256()
         for name in sorted(_ARRAYS):
             arr = np.ascontiguousarray(getattr(self, name))
@@ -155,6 +174,7 @@ class TrajectoryDataset:
         return replace(
             self,
             **per_step,
+            facts={name: values[rows] for name, values in self.facts.items()},
             episode_starts=starts,
             episode_modes=self.episode_modes[idx],
             metadata={**self.metadata, "episodes": len(idx)},
@@ -184,6 +204,7 @@ def save_dataset(ds: TrajectoryDataset, path: str | os.PathLike) -> None:
     ds.validate(f"dataset for {path}")
     meta = json.dumps(ds.metadata, sort_keys=True, separators=(",", ":"))
     members = {name: getattr(ds, name) for name in _ARRAYS} | {"metadata": np.array(meta)}
+    members |= {FACT_PREFIX + name: values for name, values in ds.facts.items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -222,6 +243,7 @@ def load_dataset(path: str | os.PathLike) -> TrajectoryDataset:
                 if name not in npz.files:
                     raise DatasetError(f"{where} has no {name!r} array")
                 arrays[name] = npz[name]
+            facts = {m[len(FACT_PREFIX) :]: npz[m] for m in sorted(npz.files) if m.startswith(FACT_PREFIX)}
     except DatasetError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError) as exc:
@@ -242,7 +264,7 @@ def load_dataset(path: str | os.PathLike) -> TrajectoryDataset:
             raise DatasetError(
                 f"{where}: {name!r} must be a {ndim}-d {dtype} array, got {arr.dtype} with shape {arr.shape}"
             )
-    ds = TrajectoryDataset(**arrays, metadata=metadata)
+    ds = TrajectoryDataset(**arrays, metadata=metadata, facts=facts)
     ds.validate(where)
     return ds
 
@@ -258,8 +280,10 @@ def _validate(ds: TrajectoryDataset, where: str) -> None:
     missing = [k for k in METADATA_KEYS if k not in meta]
     if missing:
         fail(f"metadata lacks {', '.join(missing)}")
-    if type(meta["format_version"]) is not int or meta["format_version"] != FORMAT_VERSION:
-        fail(f"unknown format_version {meta['format_version']!r} (this dtinterp reads {FORMAT_VERSION})")
+    version = meta["format_version"]
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
+        fail(f"unknown format_version {version!r} (this dtinterp reads versions {readable})")
     policy = meta["policy"]
     if not (isinstance(policy, dict) and isinstance(policy.get("name"), str)):
         fail("metadata 'policy' must be an object with a 'name'")
@@ -319,6 +343,23 @@ def _validate(ds: TrajectoryDataset, where: str) -> None:
     if n_ep and int(ds.episode_modes.max()) >= len(modes):
         fail(f"'episode_modes' value {int(ds.episode_modes.max())} out of range for modes {modes}")
 
+    # --- facts (format 2)
+    if not isinstance(ds.facts, dict):
+        fail("'facts' must map fact names to arrays")
+    if ds.facts and version < 2:
+        fail(f"format_version {version} has no facts, but the dataset holds {sorted(ds.facts)}")
+    for name, arr in ds.facts.items():
+        member = f"{FACT_PREFIX}{name}"
+        if not isinstance(name, str) or not _FACT_NAME.fullmatch(name):
+            fail(f"fact name {name!r} must be lower-case letters, digits and '_' (a letter first)")
+        if not isinstance(arr, np.ndarray) or arr.dtype not in FACT_DTYPES or arr.ndim != 1:
+            got = f"{arr.dtype} with shape {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+            fail(f"{member!r} must be a 1-d int16 or float32 array, got {got}")
+        if len(arr) != n:
+            fail(f"{member!r} has {len(arr)} rows but 'obs' has {n}")
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            fail(f"{member!r} holds NaN or infinite values")
+
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
@@ -326,9 +367,11 @@ def _one_line(exc: BaseException) -> str:
 
 
 __all__ = [
+    "FACT_PREFIX",
     "FORMAT_VERSION",
     "METADATA_KEYS",
     "N_ACTIONS",
+    "READABLE_VERSIONS",
     "TrajectoryDataset",
     "load_dataset",
     "make_metadata",

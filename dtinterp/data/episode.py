@@ -42,6 +42,7 @@ import numpy as np
 from dtinterp.data.dataset import N_ACTIONS, TrajectoryDataset, make_metadata
 from dtinterp.data.windows import make_batch
 from dtinterp.errors import EpisodeError
+from dtinterp.limits import check_rtg
 from dtinterp.model.inputs import DTInputs
 from envs.encoding import N_DIRECTIONS
 from envs.errors import EnvSpecError
@@ -162,6 +163,8 @@ class Episode:
         The model must fit the episode's env (:meth:`Checkpoint.check_fits`).
         """
         checkpoint.check_fits(self.env_spec, tuple(self.obs.shape[1:3]), where=f"the {self.source} episode")
+        if self.target_return is not None:
+            check_rtg(self.target_return, "target return", checkpoint.rtg_scale, error=EpisodeError)
         steps = list(range(self.n_obs)) if steps is None else [int(s) for s in steps]
         if not steps:
             raise EpisodeError("no steps chosen: an episode window needs at least one step")
@@ -221,10 +224,8 @@ class Episode:
         )
 
     def with_target(self, target_return: float) -> Episode:
-        """The same episode conditioned on another target return."""
-        if not (isinstance(target_return, (int, float)) and math.isfinite(target_return)):
-            raise EpisodeError(f"target return {target_return!r} must be a finite number")
-        return _trusted(self, target_return=float(target_return))
+        """The same episode conditioned on another target return (a finite float32 number)."""
+        return _trusted(self, target_return=check_rtg(target_return, "target return", error=EpisodeError))
 
     # ------------------------------------------------------------------ datasets and trajectory files
 
@@ -443,11 +444,8 @@ class Episode:
             fail("rewards must be finite")
         if self.seed is not None and not (_is_int(self.seed) and self.seed >= 0):
             fail(f"seed must be a non-negative integer or null, got {self.seed!r}")
-        target = self.target_return
-        if target is not None:
-            if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
-                fail(f"target_return must be a finite number or null, got {target!r}")
-            self.target_return = float(target)
+        if self.target_return is not None:
+            self.target_return = check_rtg(self.target_return, "episode: target_return", error=EpisodeError)
         if self.source not in SOURCES:
             fail(f"unknown source {self.source!r} (expected one of {', '.join(SOURCES)})")
         if not isinstance(self.info, dict):

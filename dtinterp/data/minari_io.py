@@ -13,6 +13,7 @@ ours                              Minari
 ``directions [N]``                ``observations["direction"]``, ``Discrete(4)``
 ``actions`` / ``rewards``         ``actions`` (the env's ``Discrete`` space) / ``rewards``
 ``terminated`` / ``truncated``    ``terminations`` / ``truncations``
+``facts`` (``fact_<name> [N]``)   ``infos["fact_<name>"]``, one per observation (as ``[T + 1, 1]``)
 ``metadata`` (JSON)               the dataset metadata key ``"dtinterp"`` (with ``episode_modes``)
 ``env_spec``                      Minari's gymnasium ``env_spec``: the env id, ``max_steps`` and
                                   ``agent_view_size`` as kwargs, ``FullyObsWrapper`` as a wrapper
@@ -24,8 +25,10 @@ have it, so the export repeats the last stored observation and says so in the me
 (``dtinterp.final_observation == "repeat"``): a Minari consumer that bootstraps from the final
 observation of a truncated episode must re-simulate it from the episode's ``seed`` (recorded per episode
 when known). Re-simulating it on export would cost a full replay of every episode and is impossible for
-data without seeds; training a decision transformer never reads it. Imports drop the final observation
-of every episode, so ``.npz -> Minari -> .npz`` gives back the same arrays and the same metadata.
+data without seeds; training a decision transformer never reads it. The facts of the state after the
+last action are missing the same way and are repeated the same way (Minari's ``infos`` hold one entry
+per observation: the reset's, then each step's). Imports drop the final observation and final facts of
+every episode, so ``.npz -> Minari -> .npz`` gives back the same arrays, facts and metadata.
 
 Datasets made by other tools (Minari's ``DataCollector`` on a MiniGrid env) import as long as their
 observations are MiniGrid dicts (``image`` and ``direction``); their env spec is read from Minari's, the
@@ -35,6 +38,7 @@ per-episode ``seeds`` policy parameter (so :meth:`Episode.from_dataset` can re-s
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import inspect
@@ -48,7 +52,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from dtinterp.data.dataset import TrajectoryDataset, load_dataset, make_metadata
+from dtinterp.data.dataset import FACT_PREFIX, TrajectoryDataset, load_dataset, make_metadata, save_dataset
 from dtinterp.errors import DatasetError, DtinterpError
 from envs.encoding import N_DIRECTIONS
 from envs.errors import EnvSpecError
@@ -105,6 +109,10 @@ def export_minari(
             # T + 1 observations: the last stored one stands in for the unrecorded final observation.
             image = np.concatenate([ds.obs[sl], ds.obs[sl][-1:]])  # (T + 1, W, H, 3)
             direction = np.concatenate([ds.directions[sl], ds.directions[sl][-1:]]).astype(np.int64)
+            # [T + 1, 1]: Minari's Arrow storage cannot read back 1-d info arrays.
+            infos = {
+                FACT_PREFIX + k: np.concatenate([v[sl], v[sl][-1:]])[:, None] for k, v in ds.facts.items()
+            }
             buffers.append(
                 EpisodeBuffer(
                     seed=seeds[e],
@@ -113,9 +121,11 @@ def export_minari(
                     rewards=ds.rewards[sl],
                     terminations=ds.terminated[sl],
                     truncations=ds.truncated[sl],
+                    infos=infos or None,
                 )
             )
         policy = ds.metadata["policy"]["name"]
+        summary = f"{ds.n_episodes} episodes of {spec.env_id} by the {policy!r} policy (dtinterp export)"
         kwargs: dict[str, Any] = {}
         if "jpeg_encoding" in inspect.signature(minari.create_dataset_from_buffers).parameters:
             kwargs["jpeg_encoding"] = False  # grids are categorical: lossless only
@@ -128,8 +138,7 @@ def export_minari(
                     [],
                     env=_gym_spec(spec),
                     algorithm_name=f"dtinterp/{policy}",
-                    description=description
-                    or f"{ds.n_episodes} episodes of {spec.env_id} by the {policy!r} policy, exported by dtinterp",
+                    description=description or summary,
                     observation_space=obs_space,
                     action_space=action_space,
                     data_format=DATA_FORMAT,
@@ -141,6 +150,7 @@ def export_minari(
                         META_KEY: {
                             "metadata": ds.metadata,
                             "episode_modes": ds.episode_modes.tolist(),
+                            "facts": sorted(ds.facts),
                             "final_observation": "repeat",
                         }
                     }
@@ -168,9 +178,11 @@ def import_minari(dataset_id: str, root: str | os.PathLike | None = None) -> Tra
             raw = MinariStorage.read_raw_metadata(data_path)
         except (ValueError, OSError, KeyError, AssertionError) as exc:
             raise DatasetError(f"{where} in {base} cannot be read ({_one_line(exc)})") from None
-        columns = _read_episodes(dataset, where)
+        ours = raw.get(META_KEY)
+        fact_names = ours.get("facts", []) if isinstance(ours, dict) else []
+        columns = _read_episodes(dataset, where, fact_names)
 
-    ours = raw.get(META_KEY)
+    facts = {name: columns.pop(FACT_PREFIX + name) for name in fact_names}
     if isinstance(ours, dict):
         metadata, modes = ours["metadata"], np.asarray(ours["episode_modes"], dtype=np.uint8)
     else:
@@ -190,13 +202,14 @@ def import_minari(dataset_id: str, root: str | os.PathLike | None = None) -> Tra
         episode_starts=starts,
         episode_modes=modes,
         metadata=metadata,
+        facts=facts,
     )
     ds.validate(where)
     return ds
 
 
 def load_training_data(source: str | os.PathLike, root: str | os.PathLike | None = None) -> TrajectoryDataset:
-    """A dataset from ``--data``: ``minari:NAMESPACE/NAME-v0`` (a local Minari dataset) or an ``.npz`` path."""
+    """The dataset ``--data`` names: ``minari:NAMESPACE/NAME-v0`` (local Minari) or an ``.npz`` path."""
     text = str(source)
     if text.startswith(MINARI_PREFIX):
         return import_minari(text[len(MINARI_PREFIX) :], root=root)
@@ -218,6 +231,31 @@ def episode_seeds(ds: TrajectoryDataset) -> list[int | None]:
     return [None] * ds.n_episodes
 
 
+# ------------------------------------------------------------------ CLI
+
+
+def cmd_export_minari(args: argparse.Namespace) -> int:
+    """``dtinterp data export-minari FILE.npz --id NS/NAME-v0 [--root DIR]``."""
+    ds = load_dataset(args.file)
+    path = export_minari(ds, args.dataset_id, root=args.root)
+    print(f"wrote Minari dataset {args.dataset_id} to {path}")
+    print(f"  episodes      {ds.n_episodes}")
+    print(f"  transitions   {ds.n_transitions}")
+    return 0
+
+
+def cmd_import_minari(args: argparse.Namespace) -> int:
+    """``dtinterp data import-minari NS/NAME-v0 --out FILE.npz [--root DIR]``."""
+    from dtinterp.data.commands import format_info
+    from dtinterp.outputs import check_output, write_outputs
+
+    out = check_output("--out", args.out, (".npz",))
+    ds = import_minari(args.dataset_id, root=args.root)
+    write_outputs([("--out", out, lambda tmp: save_dataset(ds, tmp))])
+    print(format_info(ds, title=f"wrote {out} (from Minari dataset {args.dataset_id})"))
+    return 0
+
+
 # ------------------------------------------------------------------ helpers
 
 
@@ -236,7 +274,8 @@ def _check_id(dataset_id: str) -> None:
         parse_dataset_id(dataset_id)
     except (ValueError, TypeError):
         raise DatasetError(
-            f"Minari dataset id {dataset_id!r} is malformed (expected NAMESPACE/NAME-vVERSION, e.g. dtinterp/doorkey-v0)"
+            f"Minari dataset id {dataset_id!r} is malformed "
+            "(expected NAMESPACE/NAME-vVERSION, e.g. dtinterp/doorkey-v0)"
         ) from None
 
 
@@ -318,11 +357,10 @@ def _our_spec(gym_spec: gym.envs.registration.EnvSpec | None, grid: tuple[int, .
     return spec
 
 
-def _read_episodes(dataset: Any, where: str) -> dict[str, Any]:
+def _read_episodes(dataset: Any, where: str, fact_names: list[str]) -> dict[str, Any]:
     """Every episode's steps as flat arrays in our layout (the final observation of each dropped)."""
-    parts: dict[str, list] = {
-        k: [] for k in ("obs", "directions", "actions", "rewards", "terminated", "truncated")
-    }
+    keys = ("obs", "directions", "actions", "rewards", "terminated", "truncated")
+    parts: dict[str, list] = {k: [] for k in (*keys, *(FACT_PREFIX + name for name in fact_names))}
     lengths, cut = [], []
     for e, ep in enumerate(dataset.iterate_episodes()):
         obs = ep.observations
@@ -351,6 +389,11 @@ def _read_episodes(dataset: Any, where: str) -> dict[str, Any]:
         parts["rewards"].append(np.asarray(ep.rewards, dtype=np.float32).reshape(-1))
         parts["terminated"].append(terminated)
         parts["truncated"].append(truncated)
+        for name in fact_names:
+            values = ep.infos.get(FACT_PREFIX + name) if isinstance(ep.infos, dict) else None
+            if values is None or len(values) != t + 1:
+                raise DatasetError(f"{where}: episode {e} lacks the fact {name!r} its metadata lists")
+            parts[FACT_PREFIX + name].append(np.asarray(values).reshape(t + 1)[:-1])
         lengths.append(t)
     if not lengths:
         raise DatasetError(f"{where} holds no episodes")
@@ -391,4 +434,12 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-__all__ = ["MINARI_PREFIX", "episode_seeds", "export_minari", "import_minari", "load_training_data"]
+__all__ = [
+    "MINARI_PREFIX",
+    "cmd_export_minari",
+    "cmd_import_minari",
+    "episode_seeds",
+    "export_minari",
+    "import_minari",
+    "load_training_data",
+]

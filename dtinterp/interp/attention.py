@@ -1,11 +1,14 @@
 """Attention patterns read from activation caches: raw, value-weighted, clean vs counterfactual.
 
-Value weighting (after Kobayashi et al., 2020, "Attention is not only a weight") scales each pattern entry
-by the size of what the source token sends: ``pattern[q, k] * ||v[k]||`` with ``v`` the head's value
-vector at the source (key) position. A head that attends strongly to a token whose value vector is near
-zero moves little information, and this shows it. With ``renormalize`` each query row is divided by its
-sum, so rows are again distributions over the source tokens (comparable across heads and inputs); without
-it, entries keep the units of ``||v||`` and a row sums to the attention-weighted mean value norm.
+Value weighting (Kobayashi et al., 2020, "Attention is not only a weight") measures what actually
+reaches the residual stream from each source: ``||pattern[q, k] * v[k] @ W_O[h]||`` with ``v`` the head's
+value vector at the source (key) position and ``W_O[h]`` its output matrix (the same quantity as
+:func:`dtinterp.interp.head_scores.value_weighted_attention`). ``||v||`` alone would ignore ``W_O``, which
+can shrink or erase what a value vector carries. A head that attends strongly to a token whose output is
+near zero moves little information, and this shows it. With ``renormalize`` each query row is divided by
+its sum, so rows are again distributions over the source tokens (comparable across heads and inputs);
+without it, entries keep the units of the residual stream and a row sums to the attention-weighted mean
+output norm.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from torch import Tensor
 from transformer_lens import ActivationCache
 
 
-def value_norms(cache: ActivationCache, layer: int) -> Float[Tensor, "B H P"]:
-    """L2 norm of each head's value vector at every source position."""
-    return cache["v", layer].norm(dim=-1).transpose(1, 2)  # [B, P, H, dh] -> [B, H, P]
+def output_norms(cache: ActivationCache, layer: int) -> Float[Tensor, "B H P"]:
+    """``||v[k] @ W_O[h]||``: the norm of what each head writes from each source position (all on it)."""
+    W_O = cache.model.blocks[layer].attn.W_O.detach()  # [H, dh, d]
+    return torch.einsum("bphe,hed->bhpd", cache["v", layer], W_O.to(cache["v", layer])).norm(dim=-1)
 
 
 def attention_pattern(
@@ -30,7 +34,7 @@ def attention_pattern(
     pattern = cache["pattern", layer]  # [B, H, Pq, Pk]
     if not value_weighted:
         return pattern
-    weighted = pattern * value_norms(cache, layer)[:, :, None, :]
+    weighted = pattern * output_norms(cache, layer)[:, :, None, :]  # ||a v W_O|| = a ||v W_O||, a >= 0
     if renormalize:
         weighted = weighted / weighted.sum(-1, keepdim=True).clamp_min(torch.finfo(weighted.dtype).tiny)
     return weighted

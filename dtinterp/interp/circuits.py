@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
@@ -256,10 +257,25 @@ class HeadSVD:
         return s2 / s2.sum(-1, keepdim=True).clamp_min(1e-30)
 
 
+def _factored_svd(fm: FactoredMatrix) -> tuple[Tensor, Tensor, Tensor]:
+    """``FactoredMatrix.svd()`` computed with numpy's LAPACK (same algorithm, same numbers up to signs).
+
+    torch's batched CPU SVD can crawl (seconds for 12 heads) when its thread pool shares a busy machine,
+    as in :func:`~dtinterp.interp.embedding_geometry.pca`. SVD each factor, then the small middle matrix.
+    """
+    A, B = (x.detach().double().cpu().numpy() for x in (fm.A, fm.B))
+    Ua, Sa, Vha = np.linalg.svd(A, full_matrices=False)
+    Ub, Sb, Vhb = np.linalg.svd(B, full_matrices=False)
+    middle = Sa[..., :, None] * (Vha @ Ub) * Sb[..., None, :]
+    Um, Sm, Vhm = np.linalg.svd(middle, full_matrices=False)
+    U, V = Ua @ Um, np.swapaxes(Vhb, -1, -2) @ np.swapaxes(Vhm, -1, -2)
+    return tuple(torch.from_numpy(x).to(fm.A) for x in (U, Sm, V))  # type: ignore[return-value]
+
+
 @torch.no_grad()
 def head_svd(model: HookedDecisionTransformer, circuit: str = "OV", k: int = 4, fold: bool = True) -> HeadSVD:
     """SVD of every head's ``circuit`` matrix (:func:`head_matrix`), top-``k`` directions mapped back."""
-    U, S, V = head_matrix(model, circuit, fold).svd()
+    U, S, V = _factored_svd(head_matrix(model, circuit, fold))
     # Deterministic signs: flip (u_i, v_i) together so the chosen side's largest entry is positive.
     W_U = centred_unembed(model).detach().to(V)
     ref = torch.einsum("lhdr,da->lhra", V, W_U) if circuit == "OV" else U.transpose(-1, -2)  # [L, H, r, *]

@@ -13,7 +13,8 @@ An edit names one token of the context window by its label (``R3``, ``S2``, ``A1
 
 Timesteps count from 1 at the left of the window, like the token labels. ``apply_edits`` returns new
 inputs and never modifies its argument; an edit naming a padded timestep, a cell off the grid, an unknown
-object or colour is an :class:`EditError` with one line naming the edit.
+object or colour, or an RTG the model cannot represent (:data:`dtinterp.limits.MAX_MODEL_RTG`) is an
+:class:`EditError` with one line naming the edit.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from dtinterp.errors import DtinterpError
+from dtinterp.limits import check_rtg
+from dtinterp.model.config import MAX_TIMESTEP
 from dtinterp.model.inputs import DTInputs
 from envs.encoding import ACTION_NAMES, COLOR_NAMES, DIRECTION_NAMES, OBJECT_NAMES, STATE_NAMES
 
@@ -47,7 +50,8 @@ class SetRTG:
     value: float
 
     def __str__(self) -> str:
-        return f"R{'*' if self.timestep is None else self.timestep}={float(self.value)!r}"
+        value = float(self.value) if isinstance(self.value, (int, float)) else self.value
+        return f"R{'*' if self.timestep is None else self.timestep}={value!r}"
 
 
 @dataclass(frozen=True)
@@ -131,8 +135,7 @@ def parse_edit(text: str) -> Edit:
                 value = float(g[1])
             except ValueError:
                 raise EditError(f"edit {text!r}: RTG value {g[1]!r} is not a number") from None
-            if value != value or abs(value) == float("inf"):
-                raise EditError(f"edit {text!r}: RTG value must be finite")
+            value = check_rtg(value, f"edit {text!r}: RTG value", error=EditError)
             return SetRTG(None if g[0] == "*" else int(g[0]), value)
         if kind == "action":
             return SetAction(int(g[0]), _lookup(g[1], ACTION_NAMES, "action", text))
@@ -143,6 +146,10 @@ def parse_edit(text: str) -> Edit:
             )
         if kind == "direction":
             return SetDirection(int(g[0]), _lookup(g[1], DIRECTION_NAMES, "direction", text))
+        if int(g[1]) > MAX_TIMESTEP:
+            raise EditError(
+                f"edit {text!r}: timestep {g[1]} is above {MAX_TIMESTEP}, past any time embedding"
+            )
         return SetTimestep(int(g[0]), int(g[1]))
     raise EditError(
         f"cannot parse edit {text!r}: expected e.g. R3=0.5, R*=0.5, A2=forward, S2[4,2].object=key, "
@@ -153,7 +160,8 @@ def parse_edit(text: str) -> Edit:
 def apply_edits(inputs: DTInputs, edits: list[Edit], rtg_scale: float = 1.0) -> DTInputs:
     """A copy of ``inputs`` with ``edits`` applied to every batch row.
 
-    RTG values are given in return units and divided by ``rtg_scale`` like the model's inputs.
+    RTG values are given in return units and divided by ``rtg_scale`` like the model's inputs; one the
+    model's RTG token cannot represent (:func:`dtinterp.limits.check_rtg`) is an :class:`EditError`.
     """
     out = inputs.clone()
     K = inputs.context_len
@@ -167,7 +175,7 @@ def apply_edits(inputs: DTInputs, edits: list[Edit], rtg_scale: float = 1.0) -> 
                 raise EditError(f"edit {edit}: timestep {k} is padding in this window")
         i = None if k is None else k - 1
         if isinstance(edit, SetRTG):
-            value = edit.value / rtg_scale
+            value = check_rtg(edit.value, f"edit {edit}", rtg_scale, error=EditError) / rtg_scale
             if i is None:
                 out.rtg[:] = torch.where(out.pad_mask, torch.as_tensor(value, dtype=out.rtg.dtype), out.rtg)
             else:
@@ -183,8 +191,8 @@ def apply_edits(inputs: DTInputs, edits: list[Edit], rtg_scale: float = 1.0) -> 
         elif isinstance(edit, SetDirection):
             out.directions[:, i] = edit.direction
         elif isinstance(edit, SetTimestep):
-            if edit.value < 0:
-                raise EditError(f"edit {edit}: timestep must be >= 0")
+            if not 0 <= edit.value <= MAX_TIMESTEP:
+                raise EditError(f"edit {edit}: timestep must be in 0..{MAX_TIMESTEP}")
             out.timesteps[:, i] = edit.value
         else:  # pragma: no cover - Edit is a closed union
             raise TypeError(f"not an edit: {edit!r}")

@@ -257,10 +257,19 @@ def pca(
     kept = _keep_mask(rows.vectors, keep, drop_constant)
     x = rows.vectors[kept].double().cpu()
     mean = x.mean(0) if centre else torch.zeros_like(x[0])
-    # numpy's LAPACK SVD: torch's CPU SVD can crawl when its thread pool shares a busy machine.
-    U, S, Vh = (torch.from_numpy(a) for a in np.linalg.svd((x - mean).numpy(), full_matrices=False))
+    xc = (x - mean).numpy()
+    if xc.shape[0] > xc.shape[1]:
+        # Many rows (the 980 state features): the eigenvectors of the d x d Gram matrix are the axes and
+        # the projections the coordinates. A threaded LAPACK SVD of the tall matrix can take seconds on a
+        # busy shared machine (both run in float64; the reconstruction stays exact).
+        evals, evecs = np.linalg.eigh(xc.T @ xc)
+        Vh = torch.from_numpy(evecs[:, ::-1].T.copy())
+        S = torch.from_numpy(np.sqrt(np.clip(evals[::-1], 0.0, None)).copy())
+    else:  # numpy's LAPACK SVD: torch's CPU SVD can crawl when its thread pool shares a busy machine.
+        _, S, Vh = (torch.from_numpy(a) for a in np.linalg.svd(xc, full_matrices=False))
     sign = torch.sign(Vh.gather(1, Vh.abs().argmax(1, keepdim=True))).clamp_min(0) * 2 - 1  # [r, 1]
-    U, Vh = U * sign.T, Vh * sign
+    Vh = Vh * sign
+    coords = torch.from_numpy(xc) @ Vh.T  # [n, r]
     var = S**2 / max(x.shape[0] - 1, 1)
     k = S.shape[0] if n_components is None else min(int(n_components), S.shape[0])
     dtype, device = rows.vectors.dtype, rows.vectors.device
@@ -268,7 +277,7 @@ def pca(
         components=Vh[:k].to(device, dtype),
         explained_variance=var[:k].to(device, dtype),
         explained_variance_ratio=(var[:k] / var.sum().clamp_min(1e-300)).to(device, dtype),
-        coords=(U[:, :k] * S[:k]).to(device, dtype),
+        coords=coords[:, :k].to(device, dtype),
         loadings=(Vh[:k] * var[:k, None].sqrt()).to(device, dtype),
         mean=mean.to(device, dtype),
         labels=[lab for lab, m in zip(rows.labels, kept.tolist()) if m],

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 from jaxtyping import Float, Int
-from scipy.cluster.hierarchy import leaves_list, linkage
+from scipy.cluster.hierarchy import dendrogram, leaves_list, linkage
 from scipy.spatial.distance import squareform
 from torch import Tensor
 
+from dtinterp.interp.attribution import centred_unembed
 from dtinterp.model.hooked_dt import HookedDecisionTransformer
 
 
@@ -59,12 +60,31 @@ def cluster_order(cos: Float[np.ndarray, "n n"]) -> Int[np.ndarray, "n"]:
     return leaves_list(linkage(squareform(dist, checks=False), method="average")).astype(np.int64)
 
 
+def cluster_tree(cos: Float[np.ndarray, "n n"]) -> dict[str, list]:
+    """The clustering of :func:`cluster_order` with its dendrogram, for a clustergram.
+
+    ``{"order": leaf order, "icoord": ..., "dcoord": ...}`` as scipy's ``dendrogram(no_plot=True)`` gives
+    them (see :func:`dtinterp.viz.clustergram.clustergram`); fewer than 2 rows have no links.
+    """
+    cos = np.asarray(cos, dtype=np.float64)
+    n = cos.shape[0]
+    if n < 2:
+        return {"order": list(range(n)), "icoord": [], "dcoord": []}
+    dist = np.clip(1.0 - (cos + cos.T) / 2.0, 0.0, 2.0)
+    np.fill_diagonal(dist, 0.0)
+    tree = dendrogram(linkage(squareform(dist, checks=False), method="average"), no_plot=True)
+    return {"order": [int(i) for i in tree["leaves"]], "icoord": tree["icoord"], "dcoord": tree["dcoord"]}
+
+
 @torch.no_grad()
 def unembed_projections(
     model: HookedDecisionTransformer, vectors: Float[Tensor, "n d"]
 ) -> Float[Tensor, "n A"]:
-    """``vectors @ W_U``: how much each vector, added to the final residual stream, pushes each action's logit.
+    """``vectors @ centred W_U``: how much each vector, added to the final residual stream, pushes each logit.
 
-    This is the direct path only (no final LayerNorm scale: the vectors are directions, not positions).
+    The final LayerNorm centres the residual stream before ``W_U`` reads it, so a vector's push is its
+    product with the centred unembedding (:func:`dtinterp.interp.attribution.centred_unembed`, the same
+    readout the direct logit attribution uses); a constant offset over ``d_model`` pushes nothing. This is
+    the direct path only, without the norm's per-token scale (the vectors are directions, not positions).
     """
-    return vectors @ model.W_U.detach()
+    return vectors @ centred_unembed(model).detach()

@@ -107,7 +107,8 @@ class KLDivergence:
     def __call__(self, logits: Float[Tensor, "... B K A"]) -> Float[Tensor, "... B"]:
         if self.reference.shape[-3:] != logits.shape[-3:]:
             raise MetricError(
-                f"KL reference logits have shape {tuple(self.reference.shape)}, the logits {tuple(logits.shape)}"
+                f"KL reference logits have shape {tuple(self.reference.shape)}, "
+                f"the logits {tuple(logits.shape)}"
             )
         ref = _at(self.reference, self.k).to(logits).log_softmax(-1)  # [B, A]
         return (ref.exp() * (ref - _at(logits, self.k).log_softmax(-1))).sum(-1)

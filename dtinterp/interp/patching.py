@@ -13,44 +13,56 @@ Every sweep equals the matching ``transformer_lens.patching`` function (``get_ac
 with base inputs as its ``corrupted_tokens``, the source run's cache as its ``clean_cache`` and
 ``metric(logits).mean()`` as its metric) to float round-off, in the same layout:
 
-=========================  ==========================  =====================================================
-sweep                      axes                        TransformerLens
-=========================  ==========================  =====================================================
-``resid_pre|mid``          layer, pos                  ``get_act_patch_resid_pre``, ``..._resid_mid``
-``resid_post``             layer, pos                  (generic patch of ``hook_resid_post``)
-``attn_out``, ``mlp_out``  layer, pos                  ``get_act_patch_attn_out``, ``..._mlp_out``
-``head_out_by_pos``        layer, pos, head            ``get_act_patch_attn_head_out_by_pos`` (``hook_z``)
-``head_out_all_pos``       layer, head                 ``get_act_patch_attn_head_out_all_pos``
-``head_{q,k,v}_by_pos``    layer, pos, head            ``get_act_patch_attn_head_{q,k,v}_by_pos``
-``head_{q,k,v}_all_pos``   layer, head                 ``get_act_patch_attn_head_{q,k,v}_all_pos``
-``head_pattern_by_pos``    layer, head, dest_pos       ``get_act_patch_attn_head_pattern_by_pos``
-``head_pattern_all_pos``   layer, head                 ``get_act_patch_attn_head_pattern_all_pos``
-``neuron_by_pos``          layer, pos, neuron          (generic patch of one ``mlp.hook_post`` entry)
-``neuron_all_pos``         layer, neuron               (generic patch of one neuron at every position)
-``block_every``            patch_type, layer, pos      ``get_act_patch_block_every``
-``head_all_pos_every``     patch_type, layer, head     ``get_act_patch_attn_head_all_pos_every``
-``head_by_pos_every``      patch_type, layer, pos, head ``get_act_patch_attn_head_by_pos_every``
-=========================  ==========================  =====================================================
+=========================  ============================  ===================================================
+sweep                      axes                          TransformerLens
+=========================  ============================  ===================================================
+``resid_pre|mid``          layer, pos                    ``get_act_patch_resid_pre``, ``..._resid_mid``
+``resid_post``             layer, pos                    (generic patch of ``hook_resid_post``)
+``attn_out``, ``mlp_out``  layer, pos                    ``get_act_patch_attn_out``, ``..._mlp_out``
+``head_out_by_pos``        layer, pos, head              ``get_act_patch_attn_head_out_by_pos`` (``hook_z``)
+``head_out_all_pos``       layer, head                   ``get_act_patch_attn_head_out_all_pos``
+``head_{q,k,v}_by_pos``    layer, pos, head              ``get_act_patch_attn_head_{q,k,v}_by_pos``
+``head_{q,k,v}_all_pos``   layer, head                   ``get_act_patch_attn_head_{q,k,v}_all_pos``
+``head_pattern_by_pos``    layer, head, dest_pos         ``get_act_patch_attn_head_pattern_by_pos``
+``head_pattern_all_pos``   layer, head                   ``get_act_patch_attn_head_pattern_all_pos``
+``neuron_by_pos``          layer, pos, neuron            (generic patch of one ``mlp.hook_post`` entry)
+``neuron_all_pos``         layer, neuron                 (generic patch of one neuron at every position)
+``block_every``            patch_type, layer, pos        ``get_act_patch_block_every``
+``head_all_pos_every``     patch_type, layer, head       ``get_act_patch_attn_head_all_pos_every``
+``head_by_pos_every``      patch_type, layer, pos, head  ``get_act_patch_attn_head_by_pos_every``
+=========================  ============================  ===================================================
 
 TransformerLens runs one full forward per patch. This engine runs the clean and corrupted windows once
 (recording every activation), then evaluates many patches per forward, stacked in front of the window
-axis (``[patch, window, ...]``), in chunks that respect ``max_bytes`` / ``max_batch``. A patched forward
-also skips what no patch in its chunk can change:
+axis (``[patch, window, ...]``), in chunks that respect ``max_bytes`` / ``max_batch``, and skips what a
+patch cannot change:
 
+- *no-op patches*: where the source activation equals the base's (bit for bit, in every window; e.g. an
+  input edit at R3 leaves every activation before R3 and the other tokens' embeddings unchanged), the
+  patched run is the base run and its metric is taken without a forward;
 - *layers before the patch*: a patch in layer l starts from the recorded ``blocks.{l}.hook_resid_pre``
   of the base run; the patches of a chunk are ordered by layer and join the stacked batch at their own
-  layer, so a layer-1 patch never runs block 0;
+  layer, so a layer-1 patch never runs block 0. In its first layer nothing before the patched site has
+  changed, so the queries, keys and values are the recorded base run's (the source's at an overwritten
+  ``resid_pre`` row: same row, same ``ln1``, same GEMM) rather than recomputed;
 - *positions before the patch*: attention is causal (a padded query attends to itself only), so a patch
   at token p leaves every token before p unchanged in every layer. A chunk recomputes only the rows from
   its earliest patched position on; the keys and values of earlier rows come from the base run, and so
-  do the logits of earlier state tokens. Chunks are formed from patches sorted by position;
+  do the logits of earlier state tokens. Patches are sorted by position and cut into chunks by dynamic
+  programming, trading the fixed cost of a forward against the rows it recomputes;
+- *the rest of the patched layer*: a patch of a query, pattern, head output (``z``), attention or MLP
+  output, neuron or ``resid_mid``/``resid_post`` at one token changes only that token's row in its
+  layer. That row alone is computed (its query over the base run's keys and values), for all such
+  patches at once; the patch then continues from the next layer with one changed row;
 - *the last layer's other rows*: only the state tokens' final residual streams reach the logits, so the
-  last block computes keys and values for every row but everything else only at the state tokens.
+  last block computes keys and values for every row but everything else only at the state tokens (and a
+  patch of a last-layer query, pattern, head output or MLP at another token has no effect at all).
 
-The engine runs the model's weights directly (fused Q/K/V, ``scaled_dot_product_attention`` unless a
-pattern is patched); it does not fire the model's hooks, so never run it inside a hook context that is
-meant to change the model. Results carry labels (``L0``, ``R3``/``S3``/``A3`` from
-:func:`~dtinterp.model.inputs.token_labels`, ``H1``, ``N113``) and both per-window values and their mean.
+The engine computes the blocks from the model's weights (fused Q/K/V GEMM as the model's own fast path,
+``scaled_dot_product_attention`` unless a pattern is patched, the model's norm modules); it bypasses the
+attention and MLP hook points, so do not run it inside a hook context meant to change the model. Results
+carry labels (``L0``; ``R3``/``S3``/``A3`` from :func:`~dtinterp.model.inputs.token_labels`; ``H1``;
+``N113``) and both per-window values and their mean.
 """
 
 from __future__ import annotations
@@ -67,7 +79,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from dtinterp.errors import DtinterpError
-from dtinterp.interp.hooknames import Component, parse_components
+from dtinterp.interp.hooknames import HEAD_SITES, NEURON_SITES, Component, parse_components
 from dtinterp.interp.metrics import Metric, normalised_score
 from dtinterp.model.hooked_dt import HookedDecisionTransformer
 from dtinterp.model.inputs import DTInputs, token_labels
@@ -81,8 +93,6 @@ _POS_DIM = {
     "embed": 1, "pos_embed": 1, "resid_pre": 1, "q": 1, "k": 1, "v": 1, "pattern": 2, "z": 1,
     "attn_out": 1, "resid_mid": 1, "pre": 1, "post": 1, "mlp_out": 1, "resid_post": 1,
 }  # fmt: skip
-_HEAD_SITES = ("q", "k", "v", "z", "pattern")
-_NEURON_SITES = ("pre", "post")
 _MLP_SITES = ("resid_mid", "pre", "post", "mlp_out")
 _EMBED_SITES = ("embed", "pos_embed")
 
@@ -95,9 +105,9 @@ def hook_name(layer: int, site: str) -> str:
     """The TransformerLens hook name of an engine site (``(1, "z")`` -> ``blocks.1.attn.hook_z``)."""
     if site in _EMBED_SITES:
         return f"hook_{site}"
-    if site in _HEAD_SITES:
+    if site in HEAD_SITES:
         return f"blocks.{layer}.attn.hook_{site}"
-    if site in _NEURON_SITES:
+    if site in NEURON_SITES:
         return f"blocks.{layer}.mlp.hook_{site}"
     return f"blocks.{layer}.hook_{site}"
 
@@ -148,7 +158,6 @@ def record_activations(
             acts[(0, "embed")], acts[(0, "pos_embed")] = store["hook_embed"], store["hook_pos_embed"]
         else:
             resid, allowed = model.embed(inputs)
-        rows = torch.arange(resid.shape[1], device=resid.device)
         x = resid[None]
         fused = _fused_weights(model)
         for l in range(model.cfg.n_layers):
@@ -157,7 +166,7 @@ def record_activations(
                 acts[(l, site)] = t[0]
                 return t
 
-            x = _block(model, l, x, rows, rows, allowed, None, record, True, fused[l])
+            x = _block(model, l, x, 0, False, allowed, None, record, True, fused[l])
         logits = _unembed(model, x[0][:, 1::3])
     return Activations(acts, logits, allowed)
 
@@ -183,50 +192,60 @@ def _block(
     model: HookedDecisionTransformer,
     l: int,
     x: Float[Tensor, "N B R d"],
-    rows: Tensor,
-    out_rows: Tensor,
+    s: int,
+    last: bool,
     allowed: Bool[Tensor, "B 1 P P"],
     prefix: tuple[Tensor, Tensor] | None,
     site: SiteFn,
     explicit: bool,
     fused: tuple[Tensor, Tensor, Tensor],
+    qkv_join: Float[Tensor, "Nj B R 3 H dh"] | None = None,
 ) -> Float[Tensor, "N B Ro d"]:
-    """Block ``l`` on the rows ``rows`` (absolute positions ``s..P-1``) of ``N`` stacked runs.
+    """Block ``l`` on the rows ``s..P-1`` of ``N`` stacked runs.
 
     ``prefix`` holds the keys and values ``[B, s, H, dh]`` of the rows before ``s`` (unchanged by every
-    patch); only the rows ``out_rows`` (a subset of ``rows``) come out. ``site(name, t, rows)`` sees, and
-    may replace, each activation as the model's hook of that name would. ``explicit`` computes the
-    attention pattern (needed to patch or record it) instead of calling ``scaled_dot_product_attention``.
+    patch). With ``last``, only the state tokens' rows come out (every row still gives its key and
+    value). ``site(name, t, rows)`` sees, and may replace, each activation as the model's hook of that name
+    would (``rows``: the absolute positions of ``t``'s position axis). ``explicit`` computes the attention
+    pattern (to patch or record it) instead of calling ``scaled_dot_product_attention``. ``qkv_join``:
+    the queries, keys and values of the last ``Nj`` runs, known without computing them (see
+    :func:`_run_chunk`).
     """
     blk = model.blocks[l]
     W_qkv, b_qkv, W_O = fused
     N, B, R, d = x.shape
     H, dh = blk.attn.W_Q.shape[0], blk.attn.W_Q.shape[2]
+    P = s + R
+    rows = torch.arange(s, P, device=x.device)
     x = site("resid_pre", x, rows)
-    # addmm on 2-D views, as the model's own fast path computes them (same rounding)
-    qkv = torch.addmm(b_qkv, blk.ln1(x).reshape(N * B * R, d), W_qkv).view(N, B, R, 3, H, dh)
+    # GEMMs with the bias fused, on 2-D views, as the model's own fast path computes them (same rounding)
+    nj = 0 if qkv_join is None else qkv_join.shape[0]
+    parts = [] if nj == N else [torch.addmm(b_qkv, blk.ln1(x[: N - nj]).reshape(-1, d), W_qkv)]
+    parts = [t.view(N - nj, B, R, 3, H, dh) for t in parts] + ([qkv_join] if nj else [])
+    qkv = parts[0] if len(parts) == 1 else torch.cat(parts)
     q = site("q", qkv[..., 0, :, :], rows)  # [N, B, R, H, dh]
     k = site("k", qkv[..., 1, :, :], rows)
     v = site("v", qkv[..., 2, :, :], rows)
-    if out_rows.shape[0] != R:  # only these queries matter downstream
-        local = out_rows - rows[0]
-        q, x = q[:, :, local], x[:, :, local]
+    out_rows = rows
+    if last:  # only the state tokens' queries reach the logits: rows 3k+1 >= s, a strided view
+        first = 3 * ((s + 1) // 3) + 1 - s
+        q, x, out_rows = q[:, :, first::3], x[:, :, first::3], rows[first::3]
     if prefix is not None:
         k = torch.cat([prefix[0].expand(N, *prefix[0].shape), k], 2)  # [N, B, P, H, dh]
         v = torch.cat([prefix[1].expand(N, *prefix[1].shape), v], 2)
     mask = allowed[:, :, out_rows]  # [B, 1, Rq, P]
-    Rq, P = mask.shape[-2:]
+    Rq = mask.shape[-2]
     if explicit:
         scores = torch.einsum("nbqhe,nbkhe->nbhqk", q, k) / math.sqrt(dh)
         pattern = site("pattern", scores.masked_fill(~mask, float("-inf")).softmax(-1), out_rows)
         z = torch.einsum("nbhqk,nbkhe->nbqhe", pattern, v)
     else:
         z = F.scaled_dot_product_attention(
-            q.transpose(2, 3).reshape(N * B, H, Rq, dh),
-            k.transpose(2, 3).reshape(N * B, H, P, dh),
-            v.transpose(2, 3).reshape(N * B, H, P, dh),
+            q.flatten(0, 1).transpose(1, 2),  # [N*B, H, Rq, dh], strided views where possible
+            k.flatten(0, 1).transpose(1, 2),
+            v.flatten(0, 1).transpose(1, 2),
             attn_mask=mask.expand(N, B, 1, Rq, P).reshape(N * B, 1, Rq, P),
-        )  # [N*B, H, Rq, dh]
+        )
         z = z.view(N, B, H, Rq, dh).transpose(2, 3)
     z = site("z", z, out_rows)  # [N, B, Rq, H, dh]
     attn_out = torch.addmm(blk.attn.b_O, z.reshape(N * B * Rq, H * dh), W_O).view(N, B, Rq, d)
@@ -235,14 +254,55 @@ def _block(
         return site("resid_post", x, out_rows)
     x = site("resid_mid", x, out_rows)
     mlp = blk.mlp
-    pre = site("pre", blk.ln2(x) @ mlp.W_in + mlp.b_in, out_rows)
+    pre = site("pre", _mlp_pre(model, l, x), out_rows)
     post = site("post", mlp.act_fn(pre), out_rows)
-    x = x + site("mlp_out", post @ mlp.W_out + mlp.b_out, out_rows)
-    return site("resid_post", x, out_rows)
+    return site("resid_post", x + site("mlp_out", _mlp_out(model, l, post), out_rows), out_rows)
+
+
+def _mlp_pre(
+    model: HookedDecisionTransformer, l: int, resid_mid: Float[Tensor, "... d"]
+) -> Float[Tensor, "... m"]:
+    """``hook_pre`` of block ``l`` from its ``resid_mid``, computed as the model's MLP does."""
+    blk = model.blocks[l]
+    h = blk.ln2(resid_mid)
+    return h @ blk.mlp.W_in + blk.mlp.b_in
+
+
+def _mlp_out(
+    model: HookedDecisionTransformer, l: int, post: Float[Tensor, "... m"]
+) -> Float[Tensor, "... d"]:
+    """``hook_mlp_out`` of block ``l`` from its neurons, computed as the model's MLP does."""
+    mlp = model.blocks[l].mlp
+    return post @ mlp.W_out + mlp.b_out
 
 
 def _unembed(model: HookedDecisionTransformer, x: Float[Tensor, "... d"]) -> Float[Tensor, "... A"]:
     return model.ln_final(x) @ model.W_U + model.b_U
+
+
+def unembed(model: HookedDecisionTransformer, resid: Float[Tensor, "... d"]) -> Float[Tensor, "... A"]:
+    """Action logits from final residual streams (at state tokens): ``ln_final(resid) @ W_U + b_U``."""
+    return _unembed(model, resid)
+
+
+def head_inputs(
+    model: HookedDecisionTransformer, layer: int, resid_pre: Float[Tensor, "B P d"]
+) -> tuple[Float[Tensor, "B P H dh"], Float[Tensor, "B P H dh"], Float[Tensor, "B P H dh"]]:
+    """``hook_q``, ``hook_k``, ``hook_v`` of block ``layer`` given its residual stream, as the engine
+    computes them (same operations, same rounding)."""
+    B, P, d = resid_pre.shape
+    blk = model.blocks[layer]
+    H, dh = blk.attn.W_Q.shape[0], blk.attn.W_Q.shape[2]
+    W_qkv, b_qkv, _ = _fused_weights(model)[layer]
+    qkv = torch.addmm(b_qkv, blk.ln1(resid_pre[None]).reshape(B * P, d), W_qkv).view(B, P, 3, H, dh)
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+
+def mlp_input(
+    model: HookedDecisionTransformer, layer: int, resid_mid: Float[Tensor, "B P d"]
+) -> Float[Tensor, "B P m"]:
+    """``hook_pre`` of block ``layer``'s MLP given its ``resid_mid``, as the engine computes it."""
+    return _mlp_pre(model, layer, resid_mid[None])[0]
 
 
 # ----------------------------------------------------------------------------- patches and the engine
@@ -259,6 +319,11 @@ class PatchSite:
     unit: int | None = None
 
 
+#: Order of the sites within the model: a site can only affect sites that come later.
+_SITE_ORDER = {
+    "embed": 0, "pos_embed": 0, "resid_pre": 1, "q": 2, "k": 2, "v": 2, "pattern": 3, "z": 4,
+    "attn_out": 5, "resid_mid": 6, "pre": 7, "post": 8, "mlp_out": 9, "resid_post": 10,
+}  # fmt: skip
 #: A patch: the sites it overwrites together (usually one).
 Patch = Sequence[PatchSite]
 
@@ -275,9 +340,9 @@ def _mask_shape(model: HookedDecisionTransformer, site: str, P: int) -> tuple[in
     cfg = model.cfg
     if site == "pattern":
         return (cfg.n_heads, P, 1)
-    if site in _HEAD_SITES:
+    if site in HEAD_SITES:
         return (P, cfg.n_heads, 1)
-    if site in _NEURON_SITES:
+    if site in NEURON_SITES:
         return (P, cfg.d_mlp)
     return (P, 1)
 
@@ -293,7 +358,7 @@ def _check_site(model: HookedDecisionTransformer, ps: PatchSite, P: int) -> None
         raise PatchingError(f"patch site {ps}: the model is attention-only")
     if ps.pos is not None and not 0 <= ps.pos < P:
         raise PatchingError(f"patch site {ps}: position out of range 0..{P - 1}")
-    size = cfg.n_heads if ps.site in _HEAD_SITES else cfg.d_mlp if ps.site in _NEURON_SITES else 0
+    size = cfg.n_heads if ps.site in HEAD_SITES else cfg.d_mlp if ps.site in NEURON_SITES else 0
     if ps.unit is not None and not 0 <= ps.unit < size:
         raise PatchingError(f"patch site {ps}: head / neuron index out of range 0..{size - 1}")
 
@@ -313,9 +378,9 @@ def _differs(base: Activations, source: Mapping[tuple[int, str], Tensor], key: t
     site = key[1]
     if site == "pattern":
         return t.any(-1).any(0).transpose(0, 1)  # [B, H, Pq, Pk] -> [Pq, H]
-    if site in _HEAD_SITES:
+    if site in HEAD_SITES:
         return t.any(-1).any(0)
-    if site in _NEURON_SITES:
+    if site in NEURON_SITES:
         return t.any(0)
     return t.any(-1).any(0)[:, None]
 
@@ -326,27 +391,47 @@ def _effective(
     source: Mapping[tuple[int, str], Tensor],
     patches: Sequence[Patch],
 ) -> list[list[PatchSite]]:
-    """Each patch without the sites that cannot change the logits: those whose source activation equals
-    the base's (a no-op) and the row-local sites of the last block at non-state tokens."""
+    """Each patch without the sites that cannot change the logits.
+
+    Dropped: the row-local sites of the last block at non-state tokens, and no-ops: sites whose source
+    activation equals the base's while every site of the patch upstream of them is a no-op too (until
+    then the patched run is the base run). Downstream of a site that changes the run, writing the base's
+    value pins the activation against that change, which is not a no-op, so such sites are kept.
+    """
     L = model.cfg.n_layers
-    groups: dict[tuple[int, str], list[tuple[int, PatchSite]]] = {}
-    for i, patch in enumerate(patches):
-        for ps in patch:
-            if ps.layer == L - 1 and ps.site in _ROW_LOCAL and ps.pos is not None and ps.pos % 3 != 1:
-                continue
-            groups.setdefault((ps.layer, ps.site), []).append((i, ps))
-    out: list[list[PatchSite]] = [[] for _ in patches]
+    live = [
+        [
+            ps
+            for ps in patch
+            if not (ps.layer == L - 1 and ps.site in _ROW_LOCAL and ps.pos is not None and ps.pos % 3 != 1)
+        ]
+        for patch in patches
+    ]
+    groups: dict[tuple[int, str], list[tuple[int, int]]] = {}  # (layer, site) -> [(patch, entry)]
+    for i, patch in enumerate(live):
+        for e, ps in enumerate(patch):
+            groups.setdefault((ps.layer, ps.site), []).append((i, e))
+    changed = [[False] * len(patch) for patch in live]
     for key, entries in groups.items():
         d = _differs(base, source, key)  # [P, U]
-        pos = torch.as_tensor([-1 if ps.pos is None else ps.pos for _, ps in entries], device=d.device)
-        unit = torch.as_tensor([-1 if ps.unit is None else ps.unit for _, ps in entries], device=d.device)
+        sites = [live[i][e] for i, e in entries]
+        pos = torch.as_tensor([-1 if ps.pos is None else ps.pos for ps in sites], device=d.device)
+        unit = torch.as_tensor([-1 if ps.unit is None else ps.unit for ps in sites], device=d.device)
         pc, uc = pos.clamp(min=0), unit.clamp(min=0)
         by_pos = torch.where(unit >= 0, d[pc, uc], d.any(1)[pc])
         whole = torch.where(unit >= 0, d.any(0)[uc], d.any())
-        changed = torch.where(pos >= 0, by_pos, whole).tolist()
-        for (i, ps), c in zip(entries, changed):
-            if c:
-                out[i].append(ps)
+        for (i, e), c in zip(entries, torch.where(pos >= 0, by_pos, whole).tolist()):
+            changed[i][e] = c
+    out = []
+    for patch, flags in zip(live, changed):
+        order = sorted(range(len(patch)), key=lambda e: (patch[e].layer, _SITE_ORDER[patch[e].site]))
+        # the first site that changes anything, then every site downstream of it
+        first = next(((patch[e].layer, _SITE_ORDER[patch[e].site]) for e in order if flags[e]), None)
+        out.append(
+            []
+            if first is None
+            else [ps for ps, c in zip(patch, flags) if c or (ps.layer, _SITE_ORDER[ps.site]) > first]
+        )
     return out
 
 
@@ -410,29 +495,151 @@ def run_patches(
                 f"metric must map logits [B, K, A] to one value per window ({B},), got {shape}"
             )
         out = base_value.expand(len(patches), B).clone()
-        effective = _effective(model, base, source, patches)
-        todo = [i for i, patch in enumerate(effective) if patch]
-        start_layer = {i: min(ps.layer for ps in effective[i]) for i in todo}
-        start_pos = {i: min(ps.pos or 0 for ps in effective[i]) for i in todo}
-        todo.sort(key=lambda i: (start_pos[i], start_layer[i]))
 
-        cap = max(1, max_bytes // _bytes_per_patch(model, B, P, base.logits.element_size()))
-        if max_batch is not None:
-            cap = max(1, min(cap, max_batch // B))
-        fused = _fused_weights(model)
-        for begin, end in _plan_chunks([start_pos[i] for i in todo], cap, B, P):
-            chunk = sorted(todo[begin:end], key=lambda i: start_layer[i])
-            logits = _run_chunk(
-                model, base, source, [effective[i] for i in chunk], [start_layer[i] for i in chunk], fused
-            )
+        def store(ids: list[int], logits: Tensor) -> None:
             values = metric(logits)
-            if values.shape != (len(chunk), B):
+            if values.shape != (len(ids), B):
                 raise PatchingError(
                     f"metric returned shape {tuple(values.shape)} for logits {tuple(logits.shape)}; "
                     "it must map [..., B, K, A] to [..., B]"
                 )
-            out[torch.as_tensor(chunk, device=out.device)] = values.to(out.dtype)
+            out[torch.as_tensor(ids, device=out.device)] = values.to(out.dtype)
+
+        L = model.cfg.n_layers
+        effective = _effective(model, base, source, patches)
+        todo = [i for i, patch in enumerate(effective) if patch]
+        cap = max(1, max_bytes // _bytes_per_patch(model, B, P, base.logits.element_size()))
+        if max_batch is not None:
+            cap = max(1, min(cap, max_batch // B))
+        fused = _fused_weights(model)
+        qkv = [(_stack_qkv(base.acts, l), _stack_qkv(source, l)) for l in range(L)]
+
+        # Row-local patches: in their layer only their own row changes. That row is computed for all of
+        # them at once; in the last layer it gives the logits, else the patch continues from the next layer.
+        overrides: dict[int, tuple[int, Tensor, Tensor]] = {}
+        row_local = {i for i in todo if _is_row_local(effective[i])}
+        for l in range(L):
+            group = sorted(i for i in row_local if effective[i][0].layer == l)
+            for c in range(0, len(group), cap * P):
+                ids = group[c : c + cap * P]
+                rows = [effective[i][0].pos for i in ids]
+                resid = _row_block(model, l, base, source, [effective[i] for i in ids], rows, fused[l])
+                if l == L - 1:  # a state token's final residual stream: its logits
+                    logits = base.logits.expand(len(ids), -1, -1, -1).clone()
+                    k = torch.as_tensor([(p - 1) // 3 for p in rows], device=logits.device)
+                    logits[torch.arange(len(ids), device=logits.device), :, k] = _unembed(model, resid)
+                    store(ids, logits)
+                    continue
+                nxt = _head_inputs_rows(model, l + 1, resid, fused[l + 1])  # [m, B, 3, H, dh]
+                overrides.update({i: (p, resid[j], nxt[j]) for j, (i, p) in enumerate(zip(ids, rows))})
+        todo = [i for i in todo if i not in row_local or i in overrides]
+        start_layer = {
+            i: effective[i][0].layer + 1 if i in overrides else min(ps.layer for ps in effective[i])
+            for i in todo
+        }
+        start_pos = {i: min(ps.pos or 0 for ps in effective[i]) for i in todo}
+        todo.sort(key=lambda i: (start_pos[i], start_layer[i]))
+
+        for begin, end in _plan_chunks([start_pos[i] for i in todo], cap, B, P):
+            chunk = sorted(todo[begin:end], key=lambda i: start_layer[i])
+            logits = _run_chunk(
+                model,
+                base,
+                source,
+                [[] if i in overrides else effective[i] for i in chunk],
+                [start_layer[i] for i in chunk],
+                min(start_pos[i] for i in chunk),
+                [overrides.get(i) for i in chunk],
+                fused,
+                qkv,
+            )
+            store(chunk, logits)
     return out
+
+
+def _is_row_local(patch: Sequence[PatchSite]) -> bool:
+    """Whether every site of the patch is at one token of one layer and acts on that token's row only."""
+    first = patch[0]
+    return first.pos is not None and all(
+        ps.site in _ROW_LOCAL and ps.layer == first.layer and ps.pos == first.pos for ps in patch
+    )
+
+
+def _row_block(
+    model: HookedDecisionTransformer,
+    l: int,
+    base: Activations,
+    source: Mapping[tuple[int, str], Tensor],
+    patches: Sequence[Patch],
+    rows: Sequence[int],
+    fused: tuple[Tensor, Tensor, Tensor],
+) -> Float[Tensor, "m B d"]:
+    """``resid_post`` of block ``l`` at row ``rows[i]`` under row-local patch ``i``, for all patches at once.
+
+    Everything before the patched sites is the base run's, and the row's query attends to the base run's
+    keys and values (no other row of the block changes).
+    """
+    device = base.logits.device
+    P = base.n_tokens
+    m = len(patches)
+    p = torch.as_tensor(rows, device=device)
+    ar = torch.arange(m, device=device)
+    masks = _chunk_masks(model, patches, P, device)
+
+    def site(name: str, t: Tensor) -> Tensor:
+        mask = masks.get((l, name))
+        if mask is None:
+            return t
+        src = source[(l, name)]
+        if name == "pattern":
+            row_mask, row_src = mask[ar, :, p], src[:, :, p].permute(2, 0, 1, 3)  # [m, H, 1], [m, B, H, P]
+        else:
+            row_mask, row_src = mask[ar, p], src[:, p].movedim(1, 0)  # [m, ...], [m, B, ...]
+        return torch.where(row_mask.unsqueeze(1), row_src, t)
+
+    blk = model.blocks[l]
+    _, _, W_O = fused
+    B, d = base.logits.shape[0], model.cfg.d_model
+    H, dh = blk.attn.W_Q.shape[0], blk.attn.W_Q.shape[2]
+    x = base[(l, "resid_pre")][:, p].movedim(1, 0)  # [m, B, d]
+    if (l, "q") in masks or (l, "pattern") in masks:
+        q = site("q", base[(l, "q")][:, p].movedim(1, 0))  # [m, B, H, dh]
+        scores = torch.einsum("mbhe,bkhe->mbhk", q, base[(l, "k")]) / math.sqrt(dh)
+        allowed = base.allowed[:, 0, p].movedim(1, 0)[:, :, None]  # [m, B, 1, P]
+        pattern = site("pattern", scores.masked_fill(~allowed, float("-inf")).softmax(-1))
+        z = torch.einsum("mbhk,bkhe->mbhe", pattern, base[(l, "v")])
+    else:
+        z = base[(l, "z")][:, p].movedim(1, 0)
+    z = site("z", z)
+    x = x + site("attn_out", torch.addmm(blk.attn.b_O, z.reshape(m * B, H * dh), W_O).view(m, B, d))
+    if model.cfg.attn_only:
+        return site("resid_post", x)
+    x = site("resid_mid", x)
+    mlp = blk.mlp
+    post = site("post", mlp.act_fn(site("pre", _mlp_pre(model, l, x))))
+    return site("resid_post", x + site("mlp_out", _mlp_out(model, l, post)))
+
+
+def _head_inputs_rows(
+    model: HookedDecisionTransformer,
+    l: int,
+    resid: Float[Tensor, "m B d"],
+    fused: tuple[Tensor, Tensor, Tensor],
+) -> Float[Tensor, "m B 3 H dh"]:
+    """Queries, keys and values of block ``l`` for single residual-stream rows (the engine's GEMM)."""
+    m, B, d = resid.shape
+    attn = model.blocks[l].attn
+    W_qkv, b_qkv, _ = fused
+    return torch.addmm(b_qkv, model.blocks[l].ln1(resid).reshape(m * B, d), W_qkv).view(
+        m, B, 3, attn.W_Q.shape[0], attn.W_Q.shape[2]
+    )
+
+
+def _stack_qkv(acts: Mapping[tuple[int, str], Tensor], l: int) -> Tensor | None:
+    """``hook_q|k|v`` of layer ``l`` stacked ``[B, P, 3, H, dh]``, or None if not all recorded."""
+    if not all((l, name) in acts for name in ("q", "k", "v")):
+        return None
+    return torch.stack([acts[(l, "q")], acts[(l, "k")], acts[(l, "v")]], 2)
 
 
 def _chunk_masks(
@@ -462,7 +669,7 @@ def _chunk_masks(
             u_ix = slice(None) if whole_unit else unit
             if site == "pattern":
                 m[i, u_ix, p_ix] = True
-            elif site in _HEAD_SITES or site in _NEURON_SITES:
+            elif site in HEAD_SITES or site in NEURON_SITES:
                 m[i, p_ix, u_ix] = True
             else:
                 m[i, p_ix] = True
@@ -476,17 +683,27 @@ def _run_chunk(
     source: Mapping[tuple[int, str], Tensor],
     patches: Sequence[Patch],
     start_layer: Sequence[int],
+    s: int,
+    overrides: Sequence[tuple[int, Tensor, Tensor] | None],
     fused: list[tuple[Tensor, Tensor, Tensor]],
+    qkv: list[tuple[Tensor | None, Tensor | None]],
 ) -> Float[Tensor, "n B K A"]:
-    """Logits of the base run under each of ``patches`` (ordered by start layer), run together."""
+    """Logits of the base run under each of ``patches`` (ordered by start layer), run together.
+
+    ``qkv[l]``: the base's and (if recorded) the source's queries, keys and values of layer l, stacked
+    ``[B, P, 3, H, dh]``. In the layer where a patch starts, nothing before its sites has changed, so its
+    queries, keys and values are the base's, except at a ``resid_pre`` row it overwrites, which has the
+    source's (the same row through the same ``ln1`` and GEMM): the block skips computing them.
+    ``overrides[i]``: for a row-local patch, ``(p, resid, qkv)``: the row ``p`` of the residual stream
+    entering its start layer and that row's queries, keys and values; every other row is the base's.
+    ``s``: the first row any patch changes.
+    """
     device = base.logits.device
     P, n, L = base.n_tokens, len(patches), model.cfg.n_layers
     B = base.logits.shape[0]
     masks = _chunk_masks(model, patches, P, device)
-    s = min(ps.pos or 0 for patch in patches for ps in patch)
     rows = torch.arange(s, P, device=device)
     k0 = (s + 1) // 3  # the first state token at or after position s is S_{k0+1}, at 3*k0 + 1
-    state_rows = torch.arange(3 * k0 + 1, P, 3, device=device)
     joining = torch.bincount(torch.as_tensor(start_layer), minlength=L).tolist()
 
     def patch_site(l: int, name: str, t: Tensor, at: Tensor) -> Tensor:
@@ -499,25 +716,54 @@ def _run_chunk(
 
     x = None
     for l in range(min(start_layer), L):
+        qkv_join = None
         if joining[l]:  # patches starting in this layer join the stack with the base run's resid_pre
+            nj, before = joining[l], 0 if x is None else x.shape[0]
             if l == 0 and ((0, "embed") in masks or (0, "pos_embed") in masks):
-                emb = base[(0, "embed")][:, s:].expand(joining[0], -1, -1, -1)
-                pos = base[(0, "pos_embed")][:, s:].expand(joining[0], -1, -1, -1)
+                emb = base[(0, "embed")][:, s:].expand(nj, -1, -1, -1)
+                pos = base[(0, "pos_embed")][:, s:].expand(nj, -1, -1, -1)
                 new = patch_site(0, "embed", emb, rows) + patch_site(0, "pos_embed", pos, rows)
             else:
-                new = base[(l, "resid_pre")][:, s:].expand(joining[l], -1, -1, -1)
+                new = base[(l, "resid_pre")][:, s:].expand(nj, -1, -1, -1)
+                qkv_join = _joining_qkv(masks.get((l, "resid_pre")), qkv[l], before, nj, s)
+                given = [(k, o) for k, o in enumerate(overrides[before : before + nj]) if o is not None]
+                if given:
+                    ks = torch.as_tensor([k for k, _ in given], device=device)
+                    ps = torch.as_tensor([o[0] - s for _, o in given], device=device)
+                    new = new.clone()
+                    new[ks, :, ps] = torch.stack([o[1] for _, o in given])
+                    if qkv_join is not None:
+                        qkv_join = qkv_join.clone()
+                        qkv_join[ks, :, ps] = torch.stack([o[2] for _, o in given])
             x = new if x is None else torch.cat([x, new])
         prefix = None if s == 0 else (base[(l, "k")][:, :s], base[(l, "v")][:, :s])
-        out_rows = state_rows if l == L - 1 else rows
-        explicit = (l, "pattern") in masks
-        x = _block(
-            model, l, x, rows, out_rows, base.allowed, prefix, partial(patch_site, l), explicit, fused[l]
-        )
+        last, explicit = l == L - 1, (l, "pattern") in masks
+        site = partial(patch_site, l)
+        x = _block(model, l, x, s, last, base.allowed, prefix, site, explicit, fused[l], qkv_join)
     assert x is not None and x.shape[0] == n
     logits = _unembed(model, x)  # [n, B, K - k0, A]
     if k0:
         logits = torch.cat([base.logits[:, :k0].expand(n, B, -1, -1), logits], 2)
     return logits
+
+
+def _joining_qkv(
+    resid_mask: Tensor | None, qkv: tuple[Tensor | None, Tensor | None], before: int, nj: int, s: int
+) -> Tensor | None:
+    """Queries, keys and values ``[nj, B, R, 3, H, dh]`` of the patches joining the stack at positions
+    ``before..before+nj`` (None when they were not recorded: the block computes them)."""
+    base_qkv, source_qkv = qkv
+    if base_qkv is None:
+        return None
+    out = base_qkv[:, s:].expand(nj, *base_qkv[:, s:].shape)
+    if resid_mask is None:
+        return out
+    m = resid_mask[before : before + nj, s:]  # [nj, R, 1]
+    if not bool(m.any()):
+        return out
+    if source_qkv is None:
+        return None
+    return torch.where(m[:, None, :, :, None, None], source_qkv[:, s:], out)
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -577,7 +823,8 @@ class PatchResult:
     per_window: Float[Tensor, "... B"]
     """The metric of each window (last axis); ``values == per_window.mean(-1)``."""
     axis_names: tuple[str, ...]
-    """Names of the axes of ``values``: ``layer``, ``pos``, ``dest_pos``, ``head``, ``neuron``, ``patch_type``, ``patch``."""
+    """Names of the axes of ``values`` (``layer``, ``pos``, ``dest_pos``, ``head``, ``neuron``,
+    ``patch_type``, ``patch``, ``sender``)."""
     axis_labels: dict[str, list[str]] = field(default_factory=dict)
     """Labels along each axis: ``L0``; ``R1, S1, A1, ...``; ``H0``; ``N0``; patch types or component names."""
     clean: Float[Tensor, "B"] | None = None
@@ -669,6 +916,14 @@ class PatchingEngine:
             self.model, self.base, self.source.acts, patches, metric,
             max_batch=self.max_batch, max_bytes=self.max_bytes,
         )  # fmt: skip
+
+    def run_with_source(
+        self, source: Mapping[tuple[int, str], Tensor], patches: Sequence[Patch], metric: Metric
+    ) -> Float[Tensor, "n B"]:
+        """Like :meth:`run`, patching in ``source`` (computed activations, as in path patching)."""
+        return run_patches(
+            self.model, self.base, source, patches, metric, max_batch=self.max_batch, max_bytes=self.max_bytes
+        )
 
     def baselines(self, metric: Metric) -> tuple[Float[Tensor, "B"], Float[Tensor, "B"]]:
         """The metric of the unpatched clean and corrupted runs."""
@@ -804,7 +1059,7 @@ def patch_components(
     )
     per_window = engine.run(patches, metric)
     clean_m, corrupted_m = engine.baselines(metric)
-    labels = {"patch": ["+".join(g) for g in groups]}
+    labels = {"patch": ["+".join(str(c) for c in group) for group in parsed]}
     return PatchResult(
         "components", direction, per_window.mean(-1), per_window, ("patch",), labels, clean_m, corrupted_m
     )

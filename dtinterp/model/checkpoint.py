@@ -17,15 +17,16 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
 
 from dtinterp.errors import CheckpointError, ConfigError
+from dtinterp.limits import MAX_EPISODE_STEPS
 from dtinterp.model.config import DTConfig
 from envs.encoding import ACTION_NAMES
 from envs.errors import EnvSpecError
@@ -71,6 +72,8 @@ def save_checkpoint(
     directory: str | os.PathLike, model: HookedDecisionTransformer, meta: dict[str, Any]
 ) -> Path:
     """Write ``model`` and ``meta`` into ``directory`` (created if missing); returns the directory."""
+    from safetensors.torch import save_file  # torch: only when weights are written
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     bad = [k for k in meta if k in RESERVED_KEYS]
@@ -98,7 +101,12 @@ def save_checkpoint(
 
 
 def read_checkpoint_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """Parse and validate ``config.json`` of a checkpoint directory (no weights loaded)."""
+    """Parse and validate ``config.json`` of a checkpoint directory (no weights loaded).
+
+    Everything the package reads from it is checked here, once: the model config (every key, of its
+    type and within bounds), the env spec, the RTG scale, the weights digest, the training step and the
+    recorded results. A problem is one :class:`CheckpointError` line naming the file and the key.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a checkpoint directory (no such directory)")
@@ -107,22 +115,172 @@ def read_checkpoint_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{directory}: missing {CONFIG_FILE}")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({_one_line(exc)})") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     version = config.get("format_version")
-    if version != FORMAT_VERSION:
+    if isinstance(version, bool) or version != FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: unsupported checkpoint format_version {version!r} (expected {FORMAT_VERSION})"
         )
     if not isinstance(config.get("model"), dict):
         raise CheckpointError(f"{path}: missing the 'model' config")
     try:
-        DTConfig.from_dict(config["model"])
+        cfg = DTConfig.from_dict(config["model"])
     except ConfigError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
+        raise CheckpointError(f"{path}: 'model': {exc}") from None
+    meta = {k: v for k, v in config.items() if k not in RESERVED_KEYS}
+    spec, _ = _parse_meta(meta, str(path))
+    _check_spec_sizes(spec, cfg, str(path))
+    sha = config.get("weights_sha256")
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise CheckpointError(f"{path}: 'weights_sha256' must be 64 hex digits, got {sha!r}")
+    _check_recorded(meta, _Where(str(path)))
     return config
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_spec_sizes(spec: EnvSpec | None, cfg: DTConfig, where: str) -> None:
+    """An env spec that could not feed this model, caught before any env is built from it."""
+    if spec is None:
+        return
+    if spec.max_steps is not None and spec.max_steps > MAX_EPISODE_STEPS:
+        raise CheckpointError(
+            f"{where}: 'env_spec.max_steps' {spec.max_steps} is above the limit {MAX_EPISODE_STEPS}"
+        )
+    if not spec.fully_observed and (spec.view_size, spec.view_size) != tuple(cfg.obs_shape):
+        raise CheckpointError(
+            f"{where}: 'env_spec.view_size' {spec.view_size} gives {spec.view_size}x{spec.view_size} "
+            f"observations but the model reads {cfg.obs_shape[0]}x{cfg.obs_shape[1]} observations"
+        )
+
+
+class _Where:
+    """Type checks of recorded JSON values, each error one line naming the file and the dotted key."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, key: str, expected: str, value: Any) -> None:
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise CheckpointError(f"{self.path}: {key!r} must be {expected}, got {shown}")
+
+    def number(self, key: str, value: Any, lo: float = -math.inf, hi: float = math.inf) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self.fail(key, "a finite number", value)
+        if not lo <= value <= hi:
+            self.fail(key, f"a number in [{lo:g}, {hi:g}]", value)
+
+    def integer(self, key: str, value: Any, lo: int = 0) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            self.fail(key, f"an integer >= {lo}", value)
+
+    def text(self, key: str, value: Any) -> None:
+        if not isinstance(value, str):
+            self.fail(key, "a string", value)
+
+    def obj(self, key: str, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(key, "a JSON object", value)
+        return value
+
+    def seq(self, key: str, value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            self.fail(key, "a list", value)
+        return value
+
+    def interval(self, key: str, value: Any, lo: float = -math.inf, hi: float = math.inf) -> None:
+        pair = self.seq(key, value)
+        if len(pair) != 2:
+            self.fail(key, "a [low, high] pair", value)
+        for i, v in enumerate(pair):
+            self.number(f"{key}[{i}]", v, lo, hi)
+        if pair[0] > pair[1]:
+            self.fail(key, "a [low, high] pair with low <= high", value)
+
+    def evaluation(self, key: str, record: Any, complete: bool = True) -> None:
+        """One target's evaluation summary (what ``dtinterp evaluate`` writes per target)."""
+        rec = self.obj(key, record)
+        checks = {
+            "target_rtg": lambda k, v: self.number(k, v),
+            "episodes": lambda k, v: self.integer(k, v, 1),
+            "mean_return": lambda k, v: self.number(k, v),
+            "success_rate": lambda k, v: self.number(k, v, 0.0, 1.0),
+            "return_ci": lambda k, v: self.interval(k, v),
+            "success_ci": lambda k, v: self.interval(k, v, 0.0, 1.0),
+            "mean_length": lambda k, v: self.number(k, v, 0.0),
+        }
+        for name, check in checks.items():
+            if name in rec:
+                check(f"{key}.{name}", rec[name])
+            elif complete:
+                raise CheckpointError(f"{self.path}: {key!r} has no {name!r}")
+        for name, lo in (("returns", None), ("lengths", 0)):
+            if name in rec:
+                for i, v in enumerate(self.seq(f"{key}.{name}", rec[name])):
+                    if lo is None:
+                        self.number(f"{key}.{name}[{i}]", v)
+                    else:
+                        self.integer(f"{key}.{name}[{i}]", v, lo)
+
+
+def _check_recorded(meta: dict[str, Any], at: _Where) -> None:
+    """The training step, dataset fingerprint, provenance texts and recorded results of a checkpoint."""
+    if "step" in meta:
+        at.integer("step", meta["step"])
+    for key in ("description", "data_note"):
+        if key in meta:
+            at.text(key, meta[key])
+    for key in ("train", "run", "dataset_metadata", "reproduction"):
+        if key in meta:
+            at.obj(key, meta[key])
+    if "dataset" in meta:
+        dataset = at.obj("dataset", meta["dataset"])
+        for key in ("n_episodes", "n_transitions"):
+            if key in dataset:
+                at.integer(f"dataset.{key}", dataset[key])
+        for key in ("env_id", "sha256"):
+            if key in dataset:
+                at.text(f"dataset.{key}", dataset[key])
+    if "results" in meta:
+        results = meta["results"]
+        if isinstance(results, list):  # a plain list of per-target records (hand-recorded)
+            for i, rec in enumerate(results):
+                at.evaluation(f"results[{i}]", rec, complete=False)
+        else:
+            results = at.obj("results", results)
+            if "headline" in results:
+                at.evaluation("results.headline", results["headline"])
+            for i, rec in enumerate(at.seq("results.evaluation", results.get("evaluation", []))):
+                at.evaluation(f"results.evaluation[{i}]", rec)
+            protocol = at.obj("results.evaluation_protocol", results.get("evaluation_protocol", {}))
+            for key in ("episodes", "seed"):
+                if key in protocol:
+                    at.integer(f"results.evaluation_protocol.{key}", protocol[key])
+            cal = at.obj("results.calibration", results.get("calibration", {}))
+            for key in ("episodes", "points", "seed"):
+                if key in cal:
+                    at.integer(f"results.calibration.{key}", cal[key])
+            for key in ("min", "max"):
+                if key in cal:
+                    at.number(f"results.calibration.{key}", cal[key])
+            for key in ("figure", "file"):
+                if key in cal:
+                    at.text(f"results.calibration.{key}", cal[key])
+            if "episode_gif" in results:
+                at.text("results.episode_gif", results["episode_gif"])
+    for i, other in enumerate(at.seq("other_reproductions", meta.get("other_reproductions", []))):
+        other = at.obj(f"other_reproductions[{i}]", other)
+        if "headline" in other:
+            at.evaluation(f"other_reproductions[{i}].headline", other["headline"])
 
 
 @dataclass(eq=False)
@@ -216,16 +374,28 @@ class Checkpoint:
             raise CheckpointError(
                 f"{where} is in {spec.to_json()} but the model{label} plays {self.env_spec.to_json()}"
             )
+        if spec.max_steps is not None and spec.max_steps > MAX_EPISODE_STEPS:
+            raise CheckpointError(
+                f"{where}: max steps {spec.max_steps} is above the limit {MAX_EPISODE_STEPS}"
+            )
+
+        def check_grid(wh: tuple[int, ...]) -> None:
+            if wh != tuple(self.model.cfg.obs_shape):
+                raise CheckpointError(
+                    f"{where} has {wh[0]}x{wh[1]} observations but the model{label} reads "
+                    f"{self.model.cfg.obs_shape[0]}x{self.model.cfg.obs_shape[1]} observations"
+                )
+
+        if grid is None and not spec.fully_observed:  # known before the env is built (whatever its view)
+            grid = (spec.view_size, spec.view_size)
+        if grid is not None:
+            check_grid(tuple(grid[:2]))
         try:
             facts = env_facts(spec)
         except EnvSpecError as exc:
             raise CheckpointError(f"{where}: {exc}") from None
-        wh = tuple(grid[:2]) if grid is not None else facts.obs_shape[:2]
-        if wh != tuple(self.model.cfg.obs_shape):
-            raise CheckpointError(
-                f"{where} has {wh[0]}x{wh[1]} observations but the model{label} reads "
-                f"{self.model.cfg.obs_shape[0]}x{self.model.cfg.obs_shape[1]} observations"
-            )
+        if grid is None:
+            check_grid(facts.obs_shape[:2])
         if self.model.cfg.n_actions > facts.n_actions:
             raise CheckpointError(
                 f"the model{label} has {self.model.cfg.n_actions} actions but {spec.env_id} has only "
@@ -302,6 +472,9 @@ def load_checkpoint(directory: str | os.PathLike, device: str = "cpu", name: str
     config in names or shapes, a corrupted weights file, a missing or invalid env spec, a model that does
     not fit its env) is a :class:`CheckpointError` naming the path.
     """
+    import torch
+    from safetensors.torch import load_file
+
     from dtinterp.model.hooked_dt import HookedDecisionTransformer
 
     directory = Path(directory)
@@ -315,28 +488,51 @@ def load_checkpoint(directory: str | os.PathLike, device: str = "cpu", name: str
     digest = _sha256(weights)
     if expected is not None and digest != expected:
         raise CheckpointError(f"{weights}: contents do not match the sha256 recorded in {CONFIG_FILE}")
+    # Names and shapes are compared from the file's header against a model built on the meta device
+    # (no memory), so a config that disagrees with the weights never allocates a model of its size.
+    own = _state_shapes(cfg, directory)
     try:
-        tensors = load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{weights}: not a valid safetensors file ({exc})") from None
-    model = HookedDecisionTransformer(cfg.replace(device="cpu"))
-    own = model.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{weights}: not a valid safetensors file ({_one_line(exc)})") from None
+    missing = sorted(set(own) - set(stored))
+    unexpected = sorted(set(stored) - set(own))
     if missing or unexpected:
         raise CheckpointError(
             f"{weights}: tensors do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    for key, shape in stored.items():
+        if shape != own[key]:
+            raise CheckpointError(f"{weights}: shape mismatch for {key}: file {shape}, config {own[key]}")
+    try:
+        tensors = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{weights}: not a valid safetensors file ({_one_line(exc)})") from None
     for key, t in tensors.items():
-        if t.shape != own[key].shape:
-            raise CheckpointError(
-                f"{weights}: shape mismatch for {key}: file {tuple(t.shape)}, config {tuple(own[key].shape)}"
-            )
+        if not (t.is_floating_point() and bool(torch.isfinite(t).all())):
+            what = "NaN or infinite values" if t.is_floating_point() else f"{t.dtype} values, not floats"
+            raise CheckpointError(f"{weights}: tensor {key} holds {what}")
+    model = HookedDecisionTransformer(cfg.replace(device="cpu"))
     model.load_state_dict(tensors)
     model.cfg.device = device
     model.to(device).eval()
     meta = {k: v for k, v in config.items() if k not in RESERVED_KEYS}
     return Checkpoint.from_model(model, meta, path=directory, weights_sha256=digest, name=name)
+
+
+def _state_shapes(cfg: DTConfig, where: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of a model of ``cfg``, from a model built on the meta device."""
+    import torch
+
+    from dtinterp.model.hooked_dt import HookedDecisionTransformer
+
+    try:
+        with torch.device("meta"):
+            model = HookedDecisionTransformer(cfg.replace(device="meta"))
+    except (ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{where}: the model config cannot build a model ({_one_line(exc)})") from None
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _sha256(path: str | os.PathLike) -> str:

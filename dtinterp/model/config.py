@@ -8,7 +8,9 @@ normalization_type, attn_only, final_rms, n_key_value_heads, device``), so ``Act
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Any
 
 from dtinterp.errors import ConfigError
@@ -17,6 +19,34 @@ CONFIG_VERSION = 1
 NORMALIZATION_TYPES = ("LN", "LNPre", None)
 ACT_FNS = ("relu", "gelu")
 STATE_ENCODERS = ("grid", "cnn")
+#: MiniGrid's action vocabulary (left, right, forward, pickup, drop, toggle, done): the most a model has.
+MAX_ACTIONS = 7
+# Architecture bounds: far beyond any DT trained here, low enough that a corrupt or hand-edited config
+# cannot make the model ask for terabytes before its weights are even read.
+MAX_GRID = 255
+MAX_WIDTH = 65_536
+MAX_LAYERS = 256
+MAX_HEADS = 256
+MAX_CONTEXT = 4096
+MAX_TIMESTEP = 1_000_000
+_INT_BOUNDS = {
+    "n_actions": (2, MAX_ACTIONS),
+    "max_timestep": (1, MAX_TIMESTEP),
+    "context_len": (1, MAX_CONTEXT),
+    "n_layers": (1, MAX_LAYERS),
+    "n_heads": (1, MAX_HEADS),
+    "d_model": (1, MAX_WIDTH),
+    "d_mlp": (1, MAX_WIDTH),
+}
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
+    """``value`` as an int if it is an integer (not a bool, not a float) in ``[lo, hi]``."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be in {lo}..{hi}, got {value}")
+    return int(value)
 
 
 @dataclass
@@ -58,32 +88,42 @@ class DTConfig:
     dtype: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.obs_shape, (str, bytes)) or not hasattr(self.obs_shape, "__len__"):
+            raise ConfigError(f"obs_shape must be (W, H), got {self.obs_shape!r}")
+        if len(self.obs_shape) != 2:
+            raise ConfigError(f"obs_shape must be (W, H), got {list(self.obs_shape)!r}")
+        for v in self.obs_shape:
+            _check_int("obs_shape", v, 1, MAX_GRID)
         self.obs_shape = tuple(int(v) for v in self.obs_shape)  # type: ignore[assignment]
+        for name, (lo, hi) in _INT_BOUNDS.items():
+            setattr(self, name, _check_int(name, getattr(self, name), lo, hi))
         if self.d_head is None:
             if self.d_model % self.n_heads:
                 raise ConfigError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
             self.d_head = self.d_model // self.n_heads
-        checks = [
-            (self.n_layers >= 1, f"n_layers must be >= 1, got {self.n_layers}"),
-            (self.n_heads >= 1, f"n_heads must be >= 1, got {self.n_heads}"),
-            (self.d_model >= 1 and self.d_mlp >= 1, "d_model and d_mlp must be >= 1"),
-            (self.context_len >= 1, f"context_len must be >= 1, got {self.context_len}"),
-            (self.max_timestep >= 1, f"max_timestep must be >= 1, got {self.max_timestep}"),
-            (self.n_actions >= 2, f"n_actions must be >= 2, got {self.n_actions}"),
-            (len(self.obs_shape) == 2, f"obs_shape must be (W, H), got {self.obs_shape}"),
-            (
-                self.normalization_type in NORMALIZATION_TYPES,
-                f"normalization_type must be one of {NORMALIZATION_TYPES}, got {self.normalization_type!r}",
-            ),
-            (self.act_fn in ACT_FNS, f"act_fn must be one of {ACT_FNS}, got {self.act_fn!r}"),
-            (
-                self.state_encoder in STATE_ENCODERS,
-                f"state_encoder must be one of {STATE_ENCODERS}, got {self.state_encoder!r}",
-            ),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
+        self.d_head = _check_int("d_head", self.d_head, 1, MAX_WIDTH)
+        if self.seed is not None:
+            self.seed = _check_int("seed", self.seed, 0, 2**63 - 1)
+        if not isinstance(self.attn_only, bool):
+            raise ConfigError(f"attn_only must be true or false, got {self.attn_only!r}")
+        init = self.init_range
+        if (
+            isinstance(init, bool)
+            or not isinstance(init, Real)
+            or not (math.isfinite(init) and 0 < init <= 1)
+        ):
+            raise ConfigError(f"init_range must be a number in (0, 1], got {init!r}")
+        self.init_range = float(init)
+        for name, allowed in (
+            ("normalization_type", NORMALIZATION_TYPES),
+            ("act_fn", ACT_FNS),
+            ("state_encoder", STATE_ENCODERS),
+        ):
+            value = getattr(self, name)
+            if not (value is None or isinstance(value, str)) or value not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
+        if not isinstance(self.device, str):
+            raise ConfigError(f"device must be a string such as 'cpu', got {self.device!r}")
 
     @property
     def n_tokens(self) -> int:
@@ -108,18 +148,23 @@ class DTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DTConfig:
-        """Inverse of :meth:`to_dict`; an unknown key or version is a :class:`ConfigError`."""
+        """Inverse of :meth:`to_dict`: every saved key present and of its type, none unknown.
+
+        Any problem is a one-line :class:`ConfigError` naming the key.
+        """
+        if not isinstance(d, dict):
+            raise ConfigError(f"model config must be a JSON object, got {type(d).__name__}")
         d = dict(d)
         version = d.pop("version", CONFIG_VERSION)
-        if version != CONFIG_VERSION:
+        if isinstance(version, bool) or version != CONFIG_VERSION:
             raise ConfigError(f"unsupported model config version {version!r} (expected {CONFIG_VERSION})")
         unknown = set(d) - set(cls._SAVED)
         if unknown:
-            raise ConfigError(f"unknown model config keys: {sorted(unknown)}")
-        try:
-            return cls(**d)
-        except TypeError as exc:
-            raise ConfigError(f"invalid model config: {exc}") from None
+            raise ConfigError(f"unknown model config keys: {sorted(unknown, key=str)}")
+        missing = [k for k in cls._SAVED if k not in d]
+        if missing:
+            raise ConfigError(f"model config is missing {missing[0]!r}")
+        return cls(**d)
 
     def replace(self, **changes: Any) -> DTConfig:
         return dataclasses.replace(self, **changes)

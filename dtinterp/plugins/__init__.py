@@ -2,6 +2,7 @@
 
 from dtinterp.plugins.api import (
     CATEGORIES,
+    MODEL_ACTIONS,
     Analysis,
     AnalysisContext,
     AnalysisResult,
@@ -13,6 +14,7 @@ from dtinterp.plugins.api import (
 
 __all__ = [
     "CATEGORIES",
+    "MODEL_ACTIONS",
     "Analysis",
     "AnalysisContext",
     "AnalysisResult",

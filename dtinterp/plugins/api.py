@@ -3,7 +3,8 @@
 An analysis is a subclass of :class:`Analysis` with class attributes ``id``, ``title``, ``category``
 (``static``: weights only; ``dynamic``: forward passes on trajectories; ``causal``: interventions),
 ``description`` and ``parameters`` (typed :class:`Param` declarations, enough for a UI to build controls
-and for the CLI to parse ``--param key=value``). It implements two steps:
+and for the CLI to parse ``--param key=value``; a choice among the model's actions lists
+:data:`MODEL_ACTIONS`, resolved against the checkpoint). It implements two steps:
 
 - ``compute(ctx, params) -> AnalysisResult``: numbers only (tensors, arrays, dataframes, plain values);
   never imports dash or plotly.
@@ -34,11 +35,18 @@ from dtinterp.interp.edits import Edit, apply_edits
 from dtinterp.model.checkpoint import Checkpoint
 from dtinterp.model.hooked_dt import HookedDecisionTransformer
 from dtinterp.model.inputs import DTInputs, token_labels
+from envs.encoding import ACTION_NAMES
 
 Category = Literal["static", "dynamic", "causal"]
 CATEGORIES: tuple[str, ...] = ("static", "dynamic", "causal")
 PARAM_TYPES = ("int", "float", "bool", "choice", "str")
 _ID_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
+
+#: A ``choice`` parameter's ``choices`` may hold this placeholder: it stands for the actions of the model
+#: the analysis runs on (``Checkpoint.action_names``: a Dynamic-Obstacles model has only left, right,
+#: forward), expanded when the parameters are resolved against a checkpoint, and for every MiniGrid
+#: action without one. ``choices=("predicted", MODEL_ACTIONS)``. Its text is what ``--list`` shows.
+MODEL_ACTIONS = "<the model's actions>"
 
 
 class PluginError(DtinterpError):
@@ -69,12 +77,34 @@ class Param:
             raise ValueError(f"parameter {self.name!r}: type {self.type!r} not in {PARAM_TYPES}")
         if self.type == "choice" and not self.choices:
             raise ValueError(f"parameter {self.name!r}: a choice parameter needs choices")
+        if self.choices is not None and MODEL_ACTIONS in self.choices and self.type != "choice":
+            raise ValueError(
+                f"parameter {self.name!r}: MODEL_ACTIONS belongs in a choice parameter's choices"
+            )
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"parameter {self.name!r}: min > max")
         self.coerce(self.default, where="default of")
 
-    def coerce(self, value: Any, where: str = "") -> Any:
-        """``value`` (a Python value or the text of ``--param name=text``) as this parameter's type."""
+    @property
+    def model_dependent(self) -> bool:
+        """True if the choices include :data:`MODEL_ACTIONS` (they depend on the model)."""
+        return self.choices is not None and MODEL_ACTIONS in self.choices
+
+    def resolved_choices(self, action_names: Sequence[str] | None = None) -> tuple[Any, ...]:
+        """The choices with :data:`MODEL_ACTIONS` expanded to ``action_names`` (default: every MiniGrid action)."""
+        names = tuple(ACTION_NAMES if action_names is None else action_names)
+        out: list[Any] = []
+        for c in self.choices or ():
+            for v in names if c == MODEL_ACTIONS else (c,):
+                if v not in out:
+                    out.append(v)
+        return tuple(out)
+
+    def coerce(self, value: Any, where: str = "", action_names: Sequence[str] | None = None) -> Any:
+        """``value`` (a Python value or the text of ``--param name=text``) as this parameter's type.
+
+        ``action_names`` (the model's actions) is what :data:`MODEL_ACTIONS` stands for among the choices.
+        """
         label = f"{where} parameter {self.name!r}".strip()
         try:
             if self.type == "bool":
@@ -99,11 +129,13 @@ class Param:
             elif self.type == "str":
                 value = str(value)
             elif self.type == "choice":
-                options = {str(c): c for c in self.choices or ()}
-                if value not in (self.choices or ()) and str(value) not in options:
-                    raise ParameterError(f"{label}: {value!r} is not one of {list(self.choices or ())}")
+                choices = self.resolved_choices(action_names)
+                options = {str(c): c for c in choices}
+                if not _among(value, choices) and str(value) not in options:
+                    model = " for this model" if self.model_dependent and action_names is not None else ""
+                    raise ParameterError(f"{label}: {value!r} is not one of {list(choices)}{model}")
                 return options.get(str(value), value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ParameterError(f"{label}: expected {self.type}, got {value!r}") from None
         if self.min is not None and value < self.min:
             raise ParameterError(f"{label}: {value} is below the minimum {self.min}")
@@ -111,25 +143,40 @@ class Param:
             raise ParameterError(f"{label}: {value} is above the maximum {self.max}")
         return value
 
-    def describe_type(self) -> str:
+    def describe_type(self, action_names: Sequence[str] | None = None) -> str:
         """The type with its bounds or choices, e.g. ``int in [2, 512]`` or ``choice: a | b``.
 
         The one description of a parameter's type, shared by ``--list``, the app's controls and reports.
+        :data:`MODEL_ACTIONS` reads ``<the model's actions>``, or the actions themselves given
+        ``action_names``.
         """
-        return describe_param_type(self.to_dict())
+        return describe_param_type(self.to_dict(), action_names)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def describe_param_type(p: Mapping[str, Any]) -> str:
+def _among(value: Any, choices: Sequence[Any]) -> bool:
+    """``value in choices`` for any value (one that cannot be compared is not among them)."""
+    try:
+        return value in choices
+    except (TypeError, ValueError):
+        return False
+
+
+def describe_param_type(p: Mapping[str, Any], action_names: Sequence[str] | None = None) -> str:
     """:meth:`Param.describe_type` of a declaration's dict form (:meth:`Param.to_dict`, as reports hold it)."""
 
     def num(x: Any) -> str:
         return str(int(x)) if isinstance(x, (int, float)) and float(x).is_integer() else f"{x:g}"
 
     if p.get("choices") is not None:
-        return f"{p['type']}: {' | '.join(str(c) for c in p['choices'])}"
+        shown = [
+            name
+            for c in p["choices"]
+            for name in (action_names if c == MODEL_ACTIONS and action_names is not None else (c,))
+        ]
+        return f"{p['type']}: {' | '.join(str(c) for c in shown)}"
     lo, hi = p.get("min"), p.get("max")
     if lo is not None and hi is not None:
         return f"{p['type']} in [{num(lo)}, {num(hi)}]"
@@ -260,6 +307,25 @@ class AnalysisContext:
     def cf_cache(self) -> ActivationCache:
         return self._run("counterfactual")[1]
 
+    def check_finite(self) -> None:
+        """Raise a one-line :class:`PluginError` if a forward pass run on this context overflowed.
+
+        Its logits and every cached activation must be finite (attention scores excepted: they hold -inf
+        at masked keys by design); whatever an analysis computed from NaN or inf is not a number to
+        report. :func:`~dtinterp.plugins.run.run_analysis` calls this after ``compute``.
+        """
+        with self._lock:
+            for which, (logits, cache) in self._runs.items():
+                named = [("logits", logits)] + [
+                    (k, v) for k, v in cache.cache_dict.items() if not k.endswith("hook_attn_scores")
+                ]
+                for name, t in named:
+                    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                        raise PluginError(
+                            f"the model's {name} on the {which} windows hold NaN or infinite values (an input "
+                            "or a weight beyond what float32 represents): no result is reported"
+                        )
+
     def describe(self) -> dict[str, Any]:
         """Plain description of the model and inputs, for reports."""
         cfg = self.model.cfg
@@ -316,19 +382,27 @@ class Analysis(abc.ABC):
     ) -> dict[str, Any]:
         """Defaults overlaid with ``raw`` (Python values or CLI text), each validated.
 
-        With ``checkpoint``, choices that depend on the model (its actions) are checked against it.
+        With ``checkpoint``, choices that depend on the model (:data:`MODEL_ACTIONS`) are its actions;
+        without one, every MiniGrid action is accepted.
         """
         raw = dict(raw or {})
         declared = {p.name: p for p in self.parameters}
-        unknown = sorted(set(raw) - set(declared))
+        unknown = sorted(set(raw) - set(declared), key=str)
         if unknown:
             raise ParameterError(
                 f"plugin {self.id!r} has no parameter {unknown[0]!r} (parameters: {', '.join(declared) or 'none'})"
             )
-        return {
-            n: p.coerce(raw[n], where=f"plugin {self.id!r}") if n in raw else p.default
-            for n, p in declared.items()
-        }
+        names = None if checkpoint is None else checkpoint.action_names
+        where = f"plugin {self.id!r}"
+        resolved = {}
+        for n, p in declared.items():
+            if n in raw:
+                resolved[n] = p.coerce(raw[n], where, names)
+            elif p.model_dependent and names is not None:  # a default this model may not have
+                resolved[n] = p.coerce(p.default, f"{where} default of", names)
+            else:
+                resolved[n] = p.default
+        return resolved
 
     def run(self, ctx: AnalysisContext, params: Mapping[str, Any] | None = None) -> AnalysisResult:
         """Resolve parameters and compute."""

@@ -6,7 +6,8 @@ through :func:`run_analysis`, so they check the same things in the same order:
 1. the analysis exists and its parameters are valid (before any work);
 2. the edits parse, a counterfactual analysis has at least one, and "analyse the edited windows" has some;
 3. the context is built: clean windows, the edited windows, or clean vs edited (``needs_counterfactual``);
-4. ``compute`` then ``figures``, each failure a one-line :class:`~dtinterp.plugins.api.PluginError`;
+4. ``compute`` then ``figures``, each failure a one-line :class:`~dtinterp.plugins.api.PluginError`; a
+   result computed from NaN or infinite logits or activations is refused the same way (never reported);
 5. the :class:`AnalysisRun` carries the result, the figures and the **provenance**: the model (name, path,
    weights digest), the env and the episode (source, seed, target return), the steps or windows, the
    edits, the resolved parameters and the package version — enough to rerun it.
@@ -166,6 +167,7 @@ def run_analysis(
         )
     with factory(ctx_inputs, ctx_edits) as ctx:
         result = registry.run(plugin.id, ctx, params)
+        ctx.check_finite()  # a result computed from NaN or inf activations is not reported
 
     report(3, STAGES[3])
     figures = registry.figures(plugin.id, result)

@@ -78,12 +78,13 @@ class Backend(abc.ABC):
         desc: str = "tasks",
         shared: Any = _NO_SHARED,
     ) -> list[Any]:
-        """``[fn(item) for item in items]`` (or ``fn(shared, item)`` when ``shared`` is given), run in parallel.
+        """``[fn(item) for item in items]`` (``fn(shared, item)`` when ``shared`` is given), in parallel.
 
         ``fn`` must be picklable (a module-level function or a ``functools.partial`` of one). ``progress``
         shows a bar over tasks. The first failing call's exception is raised.
         """
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Release workers (a pool's processes, a Ray instance this backend started)."""
 
@@ -172,10 +173,10 @@ class LocalBackend(Backend):
 class RayBackend(Backend):
     """Ray tasks on a cluster (``address``, else ``RAY_ADDRESS``) or on a local Ray instance started here.
 
-    Each call is one task with ``num_cpus=1``; ``max_retries`` re-runs a task whose worker died (tasks
-    are pure functions of their arguments, so a retry gives the same result). If this process is already
-    connected to Ray, that connection is used. A missing Ray or an unreachable address is a one-line
-    :class:`~dtinterp.errors.DtinterpError` raised before any work starts.
+    Each call is one task reserving ``cpus_per_task`` CPUs; ``max_retries`` re-runs a task whose worker
+    died (tasks are pure functions of their arguments, so a retry gives the same result). If this process
+    is already connected to Ray, that connection is used. A missing Ray or an unreachable address is a
+    one-line :class:`~dtinterp.errors.DtinterpError` raised before any work starts.
     """
 
     name = "ray"
@@ -187,13 +188,16 @@ class RayBackend(Backend):
         max_retries: int = 3,
         runtime_env: dict[str, Any] | None = None,
         connect_timeout_s: float = 10.0,
+        cpus_per_task: float = 1,
     ) -> None:
         ray = import_ray()
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigError(f"max_retries must be an integer >= 0, got {max_retries!r}")
         address = address or os.environ.get("RAY_ADDRESS") or None
         if address is not None and num_cpus is not None:
-            raise ConfigError("num_cpus sizes a local Ray instance: it cannot be combined with a cluster address")
+            raise ConfigError(
+                "num_cpus sizes a local Ray instance: it cannot be combined with a cluster address"
+            )
         self.address = address
         self.max_retries = max_retries
         self._ray = ray
@@ -210,11 +214,12 @@ class RayBackend(Backend):
                 where = f"at {address!r}" if address else "locally"
                 raise DtinterpError(f"cannot start or reach Ray {where}: {_one_line(exc)}") from None
             self._owned = True
-        self._task = ray.remote(_apply).options(max_retries=max_retries, num_cpus=1)
+        self.cpus_per_task = cpus_per_task
+        self._task = ray.remote(_apply).options(max_retries=max_retries, num_cpus=cpus_per_task)
 
     @property
     def workers(self) -> int:
-        return max(int(self._ray.cluster_resources().get("CPU", 1)), 1)
+        return max(int(self._ray.cluster_resources().get("CPU", 1) // self.cpus_per_task), 1)
 
     def map(
         self,
@@ -232,11 +237,12 @@ class RayBackend(Backend):
         try:
             pending = list(refs)
             while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                ray.get(done)  # the first failure is raised now
+                # Whatever finished within the timeout: one wait per batch, not per task.
+                done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+                ray.get(done)  # the first failure is raised now, not after every task ran
                 bar.update(len(done))
             return ray.get(refs)
-        except ray.exceptions.RayTaskError as exc:
+        except ray.exceptions.RayError as exc:
             for ref in refs:
                 ray.cancel(ref)
             cause = getattr(exc, "cause", None)
@@ -257,14 +263,18 @@ class RayBackend(Backend):
 
 
 def make_backend(kind: str = "local", workers: int = 1, ray_address: str | None = None) -> Backend:
-    """The backend the CLI's ``--backend``, ``--workers`` and ``--ray-address`` name."""
+    """The backend the CLI's ``--backend``, ``--workers`` and ``--ray-address`` name.
+
+    On Ray, ``workers > 1`` sizes the local Ray instance started when no cluster address is given.
+    """
     if kind not in BACKENDS:
         raise ConfigError(f"--backend {kind!r}: expected one of {', '.join(BACKENDS)}")
     if kind == "local":
         if ray_address is not None:
             raise ConfigError("--ray-address needs --backend ray")
         return LocalBackend(workers)
-    return RayBackend(address=ray_address)
+    local = ray_address is None and not os.environ.get("RAY_ADDRESS")
+    return RayBackend(address=ray_address, num_cpus=workers if local and workers > 1 else None)
 
 
 def import_ray() -> Any:
@@ -289,7 +299,9 @@ def _probe(address: str, timeout_s: float) -> None:
     try:
         host, port = parts.hostname, parts.port
     except ValueError:
-        raise DtinterpError(f"Ray address {address!r} is malformed (expected HOST:PORT or ray://HOST:PORT)") from None
+        raise DtinterpError(
+            f"Ray address {address!r} is malformed (expected HOST:PORT or ray://HOST:PORT)"
+        ) from None
     if host is None or port is None:
         return  # let Ray resolve it (and report in one line if it cannot)
     try:
@@ -323,61 +335,32 @@ def collect_parallel(
     policy_params: dict[str, Any] | None = None,
     chunk_size: int = COLLECT_CHUNK,
     progress: bool = True,
+    facts: bool = True,
 ) -> TrajectoryDataset:
-    """:func:`~dtinterp.data.collect.collect` on ``backend``: the same dataset, byte for byte, on any backend."""
-    from dtinterp.data.collect import _collect_chunk
+    """:func:`~dtinterp.data.collect.collect` on ``backend``: the same dataset, byte for byte, anywhere.
 
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    ``chunk_size`` episodes make one task; ``facts`` records the env's ground-truth facts, as in ``collect``.
+    """
+    from dtinterp.data.collect import assemble, prepare
+
     backend = backend or LocalBackend()
-    params = dict(policy_params or {})
-    policy_meta = _describe_policy(spec, policy, params)
+    params, policy_meta = prepare(spec, episodes, policy, policy_params)
     bounds = chunk_bounds(episodes, chunk_size)
     chunks = backend.map(
         _collect_task,
         bounds,
         progress=progress,
         desc=f"collect {spec.env_id}",
-        shared=(spec.to_dict(), policy, params, seed),
+        shared=(spec.to_dict(), policy, params, seed, facts),
     )
-    del _collect_chunk  # imported above only to fail early if collect.py no longer provides it
-    return _assemble(spec, policy_meta, seed, episodes, chunks)
+    return assemble(spec, policy_meta, seed, episodes, chunks)
 
 
 def _collect_task(shared: tuple, bounds: tuple[int, int]) -> dict[str, np.ndarray]:
-    from dtinterp.data.collect import _collect_chunk
+    from dtinterp.data.collect import collect_chunk
 
-    spec_dict, policy, params, seed = shared
-    return _collect_chunk(spec_dict, policy, params, seed, bounds[0], bounds[1])
-
-
-def _describe_policy(spec: EnvSpec, policy: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The policy's metadata, built once here: bad names or params fail before any task starts."""
-    from envs.policies import make_policy
-    from envs.spec import make_env
-
-    env = make_env(spec)
-    try:
-        pol = make_policy(policy, env, **params)
-        params_meta = {k: v for k, v in pol.describe().items() if k != "name"}
-        return {"name": pol.name, "params": params_meta, "modes": list(pol.MODES)}
-    finally:
-        env.close()
-
-
-def _assemble(
-    spec: EnvSpec, policy_meta: dict[str, Any], seed: int, episodes: int, chunks: list[dict[str, np.ndarray]]
-) -> TrajectoryDataset:
-    """Chunks of consecutive episodes, in order, as one dataset."""
-    from dtinterp.data.dataset import TrajectoryDataset, make_metadata
-
-    lengths = np.concatenate([c["lengths"] for c in chunks])
-    starts = np.zeros(episodes + 1, dtype=np.int64)
-    np.cumsum(lengths, out=starts[1:])
-    cat = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0] if k != "lengths"}
-    return TrajectoryDataset(
-        **cat, episode_starts=starts, metadata=make_metadata(spec, policy_meta, seed=seed, episodes=episodes)
-    )
+    spec_dict, policy, params, seed, facts = shared
+    return collect_chunk(spec_dict, policy, params, seed, bounds[0], bounds[1], facts)
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -399,6 +382,7 @@ class ShippedCheckpoint:
         ckpt = load_checkpoint(directory)  # one-line CheckpointError for a bad directory, before any task
         files = {name: (Path(directory) / name).read_bytes() for name in (CONFIG_FILE, WEIGHTS_FILE)}
         digest = hashlib.sha256(files[WEIGHTS_FILE] + files[CONFIG_FILE]).hexdigest()
+        _remember(digest, ckpt)  # tasks run in this process (workers=1) reuse it
         return cls(name=ckpt.name, files=files, sha256=digest)
 
 
@@ -407,17 +391,20 @@ _LOADED: dict[str, Any] = {}
 
 
 def load_shipped(shipped: ShippedCheckpoint) -> Any:
-    """The :class:`~dtinterp.model.checkpoint.Checkpoint` of ``shipped``, loaded through ``load_checkpoint``."""
+    """The :class:`~dtinterp.model.checkpoint.Checkpoint` of ``shipped`` (via ``load_checkpoint``)."""
     from dtinterp.model.checkpoint import load_checkpoint
 
     if shipped.sha256 not in _LOADED:
         with tempfile.TemporaryDirectory(prefix="dtinterp-ckpt-") as tmp:
             for name, data in shipped.files.items():
                 (Path(tmp) / name).write_bytes(data)
-            ckpt = load_checkpoint(tmp, name=shipped.name)
-        _LOADED.clear()  # keep one model per worker
-        _LOADED[shipped.sha256] = ckpt
+            _remember(shipped.sha256, load_checkpoint(tmp, name=shipped.name))
     return _LOADED[shipped.sha256]
+
+
+def _remember(digest: str, ckpt: Any) -> None:
+    _LOADED.clear()  # one model per worker process
+    _LOADED[digest] = ckpt
 
 
 def evaluate_parallel(
@@ -437,13 +424,14 @@ def evaluate_parallel(
     on the CPU; the per-target episode lists are merged in seed order and summarised exactly as
     ``evaluate`` does, so the result is the same dict with the same numbers.
     """
-    from dtinterp.train.evaluate import CONFIDENCE, summarize
+    from dtinterp.train.evaluate import CONFIDENCE, check_rtgs, summarize
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     backend = backend or LocalBackend()
     shipped = ShippedCheckpoint.read(checkpoint_dir)
     ckpt = load_shipped(shipped)
+    rtgs = check_rtgs(rtgs, "target return", ckpt)  # as evaluate: before any episode is played
     seeds = list(range(seed, seed + episodes))
     size = chunk_size or num_envs
     items = [(float(rtg), seeds[lo:hi]) for rtg in rtgs for lo, hi in chunk_bounds(episodes, size)]
@@ -478,7 +466,7 @@ def calibrate_parallel(
     backend: Backend | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """:func:`~dtinterp.train.calibrate.calibrate` on ``backend`` (``points`` targets in ``[rtg_min, rtg_max]``)."""
+    """:func:`~dtinterp.train.calibrate.calibrate` on ``backend``: ``points`` targets from min to max."""
     if not rtg_min < rtg_max:
         raise ValueError(f"rtg_min must be < rtg_max, got {rtg_min} >= {rtg_max}")
     if points < 2:
@@ -584,7 +572,7 @@ def map_windows(
     shared: Any = _NO_SHARED,
     progress: bool = False,
 ) -> Any:
-    """Apply ``fn`` to each chunk of windows (``fn(chunk)`` or ``fn(shared, chunk)`` -> ``[n, ...]``) and combine.
+    """``fn`` on each chunk of windows (``fn(chunk)`` or ``fn(shared, chunk)`` -> ``[n, ...]``), combined.
 
     ``combine`` is ``"mean"``, ``"sum"``, ``"concat"`` or a :class:`Combiner` such as ``top_k(10)``.
     Each chunk is reduced where it ran and only partials travel back; they are merged in chunk order,
@@ -592,8 +580,13 @@ def map_windows(
     """
     combiner = combine if isinstance(combine, Combiner) else Combiner(combine)
     backend = backend or LocalBackend()
+    has_shared = shared is not _NO_SHARED
     partials = backend.map(
-        _window_task, list(windows_chunks), progress=progress, desc="windows", shared=(fn, combiner, shared)
+        _window_task,
+        list(windows_chunks),
+        progress=progress,
+        desc="windows",
+        shared=(fn, combiner, has_shared, shared if has_shared else None),
     )
     if not partials:
         raise ValueError("map_windows needs at least one chunk of windows")
@@ -601,8 +594,8 @@ def map_windows(
 
 
 def _window_task(shared: tuple, chunk: Any) -> tuple[Any, int]:
-    fn, combiner, inner = shared
-    out = fn(chunk) if inner is _NO_SHARED else fn(inner, chunk)
+    fn, combiner, has_inner, inner = shared
+    out = fn(inner, chunk) if has_inner else fn(chunk)
     return combiner.reduce(out)
 
 

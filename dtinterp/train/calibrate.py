@@ -9,15 +9,16 @@ env seeds.
 from __future__ import annotations
 
 import argparse
-import math
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import plotly.graph_objects as go
 
 from dtinterp.errors import ConfigError
-from dtinterp.train.evaluate import check_device, check_output, evaluate, write_json
+from dtinterp.limits import check_rtg
+from dtinterp.outputs import check_output, check_outputs, write_outputs
+from dtinterp.train.evaluate import check_device, evaluate, evaluate_on_backend, json_text
 
 if TYPE_CHECKING:
     from dtinterp.model.checkpoint import Checkpoint
@@ -33,14 +34,23 @@ def calibrate(
     num_envs: int = 32,
     sample: bool = False,
     progress: bool = True,
+    run: Callable[[list[float]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate at ``points`` evenly spaced targets in ``[rtg_min, rtg_max]`` (see ``evaluate``'s result)."""
+    """Evaluate at ``points`` evenly spaced targets in ``[rtg_min, rtg_max]`` (see ``evaluate``'s result).
+
+    ``run(targets)`` evaluates elsewhere (e.g. spread over workers or Ray) with the same numbers.
+    """
     if not rtg_min < rtg_max:
         raise ValueError(f"rtg_min must be < rtg_max, got {rtg_min} >= {rtg_max}")
     if points < 2:
         raise ValueError(f"points must be >= 2, got {points}")
+    for name, value in (("rtg_min", rtg_min), ("rtg_max", rtg_max)):
+        check_rtg(value, name, checkpoint.rtg_scale)
     targets = np.linspace(rtg_min, rtg_max, points).tolist()
-    result = evaluate(checkpoint, targets, episodes, seed, num_envs, sample, progress=progress)
+    if run is None:
+        result = evaluate(checkpoint, targets, episodes, seed, num_envs, sample, progress=progress)
+    else:
+        result = run(targets)
     result.update(rtg_min=float(rtg_min), rtg_max=float(rtg_max), points=int(points))
     return result
 
@@ -96,30 +106,42 @@ def calibration_figure(result: dict[str, Any], title: str | None = None) -> go.F
     return fig
 
 
-def write_html(fig: go.Figure, path: str | Path) -> None:
-    """Atomically write a standalone interactive HTML file (plotly.js embedded: works offline)."""
-    from dtinterp.model.checkpoint import atomic_write_text
-
-    atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+def html_text(fig: go.Figure) -> str:
+    """A standalone interactive HTML page of ``fig`` (plotly.js embedded: works offline)."""
+    return fig.to_html(include_plotlyjs=True, full_html=True)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    """``dtinterp calibrate``: achieved vs target return as interactive HTML plus JSON beside it."""
-    if not (math.isfinite(args.rtg_min) and math.isfinite(args.rtg_max)):
-        raise ConfigError(f"--min {args.rtg_min} / --max {args.rtg_max}: must be finite numbers")
+    """``dtinterp calibrate``: achieved vs target return as interactive HTML plus JSON beside it.
+
+    Both outputs (``--out`` and the JSON beside it) are checked before the model is loaded and written
+    together at the end, all or none.
+    """
+    for flag, value in (("--min", args.rtg_min), ("--max", args.rtg_max)):
+        check_rtg(value, flag)
     if not args.rtg_min < args.rtg_max:
         raise ConfigError(f"--min {args.rtg_min:g} must be smaller than --max {args.rtg_max:g}")
     if args.points < 2:
         raise ConfigError(f"--points {args.points}: need at least 2 targets to draw a curve")
-    html_path = check_output(args.out, "--out", (".html", ".htm"))
+    html_path = check_output("--out", args.out, (".html", ".htm"))
     json_path = html_path.with_suffix(".json")
+    check_outputs({"--out": html_path, "--out's JSON": json_path})
     device = check_device(args.device)
     from dtinterp.model.checkpoint import load_checkpoint  # heavy: only once the arguments are valid
 
     ckpt = load_checkpoint(args.model_dir, device=device)
-    result = calibrate(ckpt, args.rtg_min, args.rtg_max, args.points, args.episodes, args.seed, args.num_envs)
+    for flag, value in (("--min", args.rtg_min), ("--max", args.rtg_max)):
+        check_rtg(value, flag, ckpt.rtg_scale)
+    result = calibrate(
+        ckpt, args.rtg_min, args.rtg_max, args.points, args.episodes, args.seed, args.num_envs,
+        run=lambda targets: evaluate_on_backend(args, ckpt, targets),
+    )  # fmt: skip
     result["model_dir"] = str(args.model_dir)
-    write_html(calibration_figure(result), html_path)
-    write_json(json_path, result)
+    write_outputs(
+        [
+            ("--out", html_path, html_text(calibration_figure(result))),
+            ("--out's JSON", json_path, json_text(result)),
+        ]
+    )
     print(f"wrote {html_path} and {json_path}")
     return 0

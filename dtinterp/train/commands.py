@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from dtinterp.errors import ConfigError
+from dtinterp.outputs import check_output_dir
 from dtinterp.train.config import TrainConfig, load_train_config
 
 
@@ -41,6 +42,7 @@ def _run_config(args: argparse.Namespace, out: Path) -> TrainConfig:
 
 
 def _check_out_dir(out: Path, resume: bool) -> None:
+    check_output_dir("--out", out)
     if resume:
         from dtinterp.train.trainer import STATE_JSON_FILE
 
@@ -91,9 +93,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_out_dir(out, args.resume)
     cfg = _run_config(args, out)
-    from dtinterp.data.dataset import load_dataset
+    from dtinterp.data.minari_io import load_training_data
 
-    data = load_dataset(args.data)
+    data = load_training_data(args.data)  # a .npz file, or minari:NAMESPACE/NAME-v0
     from dtinterp.train.trainer import check_logger_available, train  # torch from here on
 
     check_logger_available(cfg.logger)

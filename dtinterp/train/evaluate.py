@@ -21,6 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dtinterp.errors import ConfigError
+from dtinterp.limits import check_rtg
+from dtinterp.outputs import check_outputs, write_outputs
 
 if TYPE_CHECKING:
     from dtinterp.model.checkpoint import Checkpoint
@@ -99,10 +101,12 @@ def evaluate(
 
     Env seeds are ``seed .. seed + episodes - 1`` for every target; sampled actions use ``seed`` as the
     sample seed, so the whole result is a function of (model, arguments). ``hooks`` are attached to every
-    forward pass (an ablation played out).
+    forward pass (an ablation played out). A target the model's RTG token cannot represent is a
+    :class:`~dtinterp.errors.ConfigError` before any episode is played.
     """
     from dtinterp.play.rollout import rollout
 
+    rtgs = check_rtgs(rtgs, "target return", checkpoint)
     seeds = list(range(seed, seed + episodes))
     bar = tqdm(total=len(rtgs) * episodes, desc="evaluate", unit="ep", disable=not progress)
 
@@ -160,23 +164,14 @@ def check_device(device: str) -> str:
     return device
 
 
-def check_output(path: str, flag: str, suffixes: Sequence[str]) -> Path:
-    """An output path whose directory exists and whose extension is one of ``suffixes``."""
-    p = Path(path)
-    if p.suffix.lower() not in suffixes:
-        raise ConfigError(f"{flag} {path}: expected a {' or '.join(suffixes)} file name")
-    if not p.parent.is_dir():
-        raise ConfigError(f"{flag} {path}: directory {str(p.parent)!r} does not exist")
-    if p.is_dir():
-        raise ConfigError(f"{flag} {path}: is a directory")
-    return p
+def check_rtgs(values: Sequence[float], flag: str, checkpoint: Checkpoint) -> list[float]:
+    """Each target return checked against the model's RTG scale (:func:`dtinterp.limits.check_rtg`)."""
+    return [check_rtg(v, flag, checkpoint.rtg_scale) for v in values]
 
 
-def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    """Atomically write ``data`` as indented JSON."""
-    from dtinterp.model.checkpoint import atomic_write_text
-
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+def json_text(data: dict[str, Any]) -> str:
+    """``data`` as indented JSON text; NaN and infinities are refused (they are not JSON)."""
+    return json.dumps(data, indent=2, allow_nan=False) + "\n"
 
 
 def print_table(result: dict[str, Any], title: str) -> None:
@@ -203,33 +198,58 @@ def print_table(result: dict[str, Any], title: str) -> None:
     Console().print(table)
 
 
+def evaluate_on_backend(args: argparse.Namespace, ckpt: Checkpoint, rtgs: Sequence[float]) -> dict[str, Any]:
+    """:func:`evaluate` here (one process), or spread over ``--workers`` / Ray with the same numbers."""
+    sample = getattr(args, "sample", False)  # calibrate plays greedily
+    if args.backend == "local" and args.workers == 1:
+        if args.ray_address is not None:
+            raise ConfigError("--ray-address needs --backend ray")
+        return evaluate(ckpt, rtgs, args.episodes, args.seed, args.num_envs, sample)
+    if args.backend == "ray" and args.device != "cpu":
+        raise ConfigError(f"--device {args.device}: Ray workers evaluate on the CPU (drop --device)")
+    from dtinterp.scale.backend import evaluate_parallel, make_backend
+
+    with make_backend(args.backend, args.workers, args.ray_address) as backend:
+        return evaluate_parallel(
+            args.model_dir, rtgs, args.episodes, args.seed, args.num_envs, sample, backend=backend
+        )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """``dtinterp evaluate``: roll out a checkpoint at target returns, print a table, optionally save."""
+    """``dtinterp evaluate``: roll out a checkpoint at target returns, print a table, optionally save.
+
+    Every output location (``--json``, ``--gif``) is checked before the model is loaded, every target
+    return against the model's RTG scale before the first episode, and the outputs are written together
+    once everything is computed: all of them or none.
+    """
     from dtinterp.train.export import check_video_path, export_episode
 
-    bad = [r for r in args.rtg if not math.isfinite(r)]
-    if bad:
-        raise ConfigError(f"--rtg {bad[0]}: target returns must be finite numbers")
-    json_path = check_output(args.json, "--json", (".json",)) if args.json else None
-    gif_path = check_video_path(args.gif, "--gif") if args.gif else None
+    for r in args.rtg:
+        check_rtg(r, "--rtg")
+    if args.gif:
+        check_video_path(args.gif, "--gif")
+    paths = check_outputs({"--json": args.json, "--gif": args.gif}, {"--json": (".json",)})
     device = check_device(args.device)
     from dtinterp.model.checkpoint import load_checkpoint  # heavy: only once the arguments are valid
     from dtinterp.play.rollout import rollout
 
     ckpt = load_checkpoint(args.model_dir, device=device)
-    result = evaluate(ckpt, args.rtg, args.episodes, args.seed, args.num_envs, args.sample)
+    check_rtgs(args.rtg, "--rtg", ckpt)
+    result = evaluate_on_backend(args, ckpt, args.rtg)
     result["model_dir"] = str(args.model_dir)
     mode = "sampled" if args.sample else "greedy"
     print_table(result, f"{args.model_dir}  ({ckpt.env_spec.env_id}, {mode})")
-    if json_path is not None:
-        write_json(json_path, result)
-        print(f"wrote {json_path}")
-    if gif_path is not None:
+    outputs: list[tuple[str, Path, Any]] = []
+    if "--json" in paths:
+        outputs.append(("--json", paths["--json"], json_text(result)))
+    if "--gif" in paths:
         # Rollouts are a pure function of the seed, so replaying the first seed alone (recorded this
         # time) reproduces the first episode of the first target.
         (first,) = rollout(
             ckpt, args.rtg[0], [args.seed], 1, args.sample, args.seed, record=True, progress=False
         )
-        export_episode((ckpt.env_spec, first.seed, first.episode.actions), gif_path)
-        print(f"wrote {gif_path}")
+        episode = (ckpt.env_spec, first.seed, first.episode.actions)
+        outputs.append(("--gif", paths["--gif"], lambda tmp: export_episode(episode, tmp)))
+    for path in write_outputs(outputs):
+        print(f"wrote {path}")
     return 0

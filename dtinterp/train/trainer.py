@@ -172,6 +172,23 @@ def train_step(
 # ------------------------------------------------------------------ the loop
 
 
+def dataset_lengths(data: TrajectoryDataset) -> dict[str, float]:
+    """Episode-length statistics of the training data (``min``, ``mean``, ``p95``, ``max`` steps).
+
+    Recorded in the checkpoint metadata so analyses default to the episode clock the model was trained
+    on (a 7-14 step task studied over the env's 245-step limit is mostly timesteps never seen).
+    """
+    lengths = data.episode_lengths()
+    if lengths.size == 0:
+        return {"min": 0, "mean": 0.0, "p95": 0.0, "max": 0}
+    return {
+        "min": int(lengths.min()),
+        "mean": round(float(lengths.mean()), 3),
+        "p95": round(float(np.percentile(lengths, 95)), 3),
+        "max": int(lengths.max()),
+    }
+
+
 def train(
     cfg: TrainConfig,
     data: TrajectoryDataset,
@@ -221,6 +238,7 @@ def train(
         "rtg_scale": cfg.rtg_scale,
         "train": cfg.to_dict(),
         "dataset": data.fingerprint(),
+        "dataset_lengths": dataset_lengths(data),
         "dataset_metadata": data.metadata,
         "run": {**meta.get("run", {}), "n_params": n_params, "device": str(device), "data_path": data_path},
     }

@@ -3,8 +3,11 @@
 Builders know nothing of models or plugins; each returns a figure with a title and labelled axes
 (:func:`dtinterp.viz.style.finish`). Modules: :mod:`.heatmap` (labelled matrices, diverging scales
 centred at 0), :mod:`.clustergram` (a heatmap in clustered order with its dendrogram), :mod:`.lines`
-(series with error bands), :mod:`.strip` (box/strip plots, histograms, bar panels), :mod:`.style`
-(colour scales and palette).
+(series with error bands), :mod:`.strip` (box/strip plots, labelled strips, histograms, bar panels),
+:mod:`.gridmap` (numbers per cell of the agent's view, one panel per object/colour/state, over the rendered
+view; rendered views), :mod:`.graph` (a layered graph of heads), :mod:`.scatter` (PCA scatter and scree),
+:mod:`.panels` (small-multiple layouts in one pass), :mod:`.style` (colour scales, robust limits, the
+900-px height cap, the house template).
 """
 
 from dtinterp.viz.clustergram import clustergram

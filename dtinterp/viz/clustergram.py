@@ -14,15 +14,15 @@ import numpy as np
 import plotly.graph_objects as go
 from jaxtyping import Float
 
-from dtinterp.viz.style import DIVERGING, finish
+from dtinterp.viz.style import DIVERGING, MAX_HEIGHT, finish
 
 _TREE = 0.12  # fraction of the width (left tree) and height (top tree) taken by each dendrogram
-_LABELS = 0.08  # room between the left tree and the heatmap for the row labels
+_LABELS = 0.14  # room right of the heatmap for the row labels (the colour bar sits in the right margin)
 
 
 def _tree_trace(
     along: Sequence[Sequence[float]], height: Sequence[Sequence[float]], horizontal: bool
-) -> go.Scatter:
+) -> dict:
     """All links of a dendrogram as one line trace (``None`` separates links)."""
     a: list[float | None] = []
     h: list[float | None] = []
@@ -30,16 +30,17 @@ def _tree_trace(
         a.extend([*ic, None])
         h.extend([*dc, None])
     x, y = (h, a) if horizontal else (a, h)
-    return go.Scatter(
-        x=x,
-        y=y,
-        mode="lines",
-        line={"color": "#444", "width": 1},
-        hoverinfo="skip",
-        showlegend=False,
-        xaxis="x2" if horizontal else "x3",
-        yaxis="y3" if horizontal else "y2",
-    )
+    return {
+        "type": "scatter",
+        "x": x,
+        "y": y,
+        "mode": "lines",
+        "line": {"color": "#444", "width": 1},
+        "hoverinfo": "skip",
+        "showlegend": False,
+        "xaxis": "x2" if horizontal else "x3",
+        "yaxis": "y3" if horizontal else "y2",
+    }
 
 
 def clustergram(
@@ -69,29 +70,33 @@ def clustergram(
         raise ValueError(f"clustergram: matrix {m.shape}, {len(labels)} labels and order of {n} disagree")
     idx = np.asarray(order, dtype=np.int64)
     names = [str(labels[i]) for i in idx]
-    heat = go.Heatmap(
-        z=m[np.ix_(idx, idx)],
-        x=names,
-        y=names,
-        hovertemplate="%{y} · %{x}<br>%{z:.3f}<extra></extra>",
-        colorscale=DIVERGING,
-        zmid=0.0,
-        zmin=zmin,
-        zmax=zmax,
-        colorbar={"title": {"text": colorbar_title}},
-    )
-    fig = go.Figure([heat, _tree_trace(icoord, dcoord, horizontal=False), _tree_trace(icoord, dcoord, True)])
+    heat = {
+        "type": "heatmap",
+        "z": m[np.ix_(idx, idx)],
+        "x": names,
+        "y": names,
+        "hovertemplate": "%{y} · %{x}<br>%{z:.3f}<extra></extra>",
+        "colorscale": DIVERGING,
+        "zmid": 0.0,
+        "zmin": zmin,
+        "zmax": zmax,
+        "colorbar": {"title": {"text": colorbar_title}, "x": 1.01, "xanchor": "left"},
+    }
     cells = {"type": "category", "categoryorder": "array", "categoryarray": names, "range": [-0.5, n - 0.5]}
     hidden = {"showticklabels": False, "showgrid": False, "zeroline": False}
-    x_dom, y_dom = [_TREE + _LABELS, 1.0], [0.0, 1.0 - _TREE]
-    fig.update_layout(
-        xaxis={"domain": x_dom, "anchor": "y", "tickangle": -90, **cells},
-        yaxis={"domain": y_dom, "anchor": "x", **cells},
-        xaxis2={"domain": [0.0, _TREE], "anchor": "y3", "autorange": "reversed", **hidden},
-        yaxis2={"domain": [1.0 - _TREE + 0.01, 1.0], "anchor": "x3", **hidden},
-        xaxis3={"domain": x_dom, "anchor": "y2", "range": [0.0, 10.0 * n], **hidden},
-        yaxis3={"domain": y_dom, "anchor": "x2", "range": [0.0, 10.0 * n], **hidden},
-    )
-    fig = finish(fig, title, height=height or max(450, min(1200, 16 * n + 200)))
-    fig.update_layout(xaxis_title_text=axis_title, yaxis_title_text=axis_title)
+    x_dom, y_dom = [_TREE + 0.005, 1.0 - _LABELS], [0.0, 1.0 - _TREE]
+    small = {"font": {"size": 10}}
+    layout = {
+        "xaxis": {"domain": x_dom, "anchor": "y", "tickangle": -90, "title": {"text": axis_title}, **cells},
+        # row labels right of the cells, the left tree right against them
+        "yaxis": {"domain": y_dom, "anchor": "x", "side": "right", "title": {"text": axis_title}, **cells},
+        "xaxis2": {"domain": [0.0, _TREE], "anchor": "y3", "autorange": "reversed", **hidden},
+        "yaxis2": {"domain": [1.0 - _TREE + 0.01, 1.0], "anchor": "x3", "title": {"text": "merge", **small}, **hidden},
+        "xaxis3": {"domain": x_dom, "anchor": "y2", "range": [0.0, 10.0 * n], **hidden},
+        "yaxis3": {"domain": y_dom, "anchor": "x2", "range": [0.0, 10.0 * n], "title": {"text": "clusters", **small}, **hidden},
+        "height": height or max(450, min(MAX_HEIGHT, 16 * n + 200)),
+    }  # fmt: skip
+    trees = [_tree_trace(icoord, dcoord, horizontal=False), _tree_trace(icoord, dcoord, True)]
+    fig = finish(go.Figure(data=[heat, *trees], layout=layout), title)
+    fig.update_layout(margin_r=90)
     return fig

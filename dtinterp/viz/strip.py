@@ -121,3 +121,40 @@ def bar_panels(
     finish(fig, title, height=height or 220 * len(names) + 120)
     fig.update_xaxes(title_text=x_title, row=len(names), col=1)
     return fig
+
+
+def labelled_strip(
+    series: Mapping[str, tuple[Sequence[str], Sequence[float], Sequence[str]]],
+    *,
+    order: Sequence[str],
+    title: str,
+    x_title: str,
+    y_title: str,
+    height: int | None = None,
+) -> go.Figure:
+    """Strips of labelled points by category: ``series[name] = (categories, values, point labels)``.
+
+    Every point is drawn (jittered over a box of its category) and its hover names it (e.g. the neuron);
+    categories are shown in ``order`` (a sorted order chosen by the caller), one colour per series.
+    """
+    fig = go.Figure()
+    for i, (name, (cats, values, labels)) in enumerate(series.items()):
+        fig.add_trace(
+            go.Box(
+                x=list(cats),
+                y=np.asarray(values, dtype=float),
+                text=list(labels),
+                name=name,
+                boxpoints="all",
+                jitter=0.6,
+                pointpos=0,
+                marker={"color": color(i), "size": 4, "opacity": 0.7},
+                line={"width": 1},
+                fillcolor="rgba(0,0,0,0)",
+                hovertemplate="%{text}<br>%{x}: %{y:.4g}<extra>" + name + "</extra>",
+            )
+        )
+    fig.update_layout(boxmode="group")
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=list(order))
+    fig.add_hline(y=0, line={"color": "grey", "width": 1, "dash": "dot"})
+    return finish(fig, title, x_title, y_title, height=height or 480)

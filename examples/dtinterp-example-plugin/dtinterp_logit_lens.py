@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dtinterp.plugins import Analysis, AnalysisContext, AnalysisResult, Param
-from envs.encoding import ACTION_NAMES
+from dtinterp.plugins.api import MODEL_ACTIONS
 
 __version__ = "0.1.0"
 
@@ -41,7 +41,9 @@ class LogitLens(Analysis):
             "choice",
             "predicted",
             help="Action whose probability is tracked: the model's predicted (top) action, or a fixed one.",
-            choices=("predicted", *ACTION_NAMES),
+            # MODEL_ACTIONS stands for the actions of the model being analysed (a Dynamic-Obstacles model
+            # has only left, right and forward): `--param action=toggle` on it is refused up front.
+            choices=("predicted", MODEL_ACTIONS),
         ),
         Param(
             "incl_mid", "bool", True, help="Also read the residual between attention and MLP of each layer."
@@ -64,7 +66,7 @@ class LogitLens(Analysis):
         target = (
             top
             if params["action"] == "predicted"
-            else torch.full_like(top, ACTION_NAMES.index(params["action"]))
+            else torch.full_like(top, ctx.action_names.index(params["action"]))
         )
         logp = lens.log_softmax(-1)  # [L, B, K, A]
         logp_final = final.log_softmax(-1)  # [B, K, A]

@@ -181,7 +181,7 @@ def _bad_members(ds: TrajectoryDataset, case: str) -> dict[str, np.ndarray]:
         "metadata not object": lambda: _edit(ds, metadata=np.array("[1, 2]")),
         "metadata bytes": lambda: _edit(ds, metadata=np.frombuffer(b"{}", dtype=np.uint8)),
         "metadata missing key": lambda: _edit(ds, metadata=_meta(ds, env_spec=None)),
-        "unknown format version": lambda: _edit(ds, metadata=_meta(ds, format_version=2)),
+        "unknown format version": lambda: _edit(ds, metadata=_meta(ds, format_version=3)),
         "episodes count": lambda: _edit(ds, metadata=_meta(ds, episodes=ds.n_episodes + 1)),
         "nan reward": lambda: _edit(ds, rewards=np.full(n, np.nan, dtype=np.float32)),
     }
@@ -210,7 +210,7 @@ BAD_MEMBER_CASES = {
     "metadata not object": "must be a JSON object",
     "metadata bytes": "0-d unicode array",
     "metadata missing key": "lacks env_spec",
-    "unknown format version": "unknown format_version 2",
+    "unknown format version": "unknown format_version 3",
     "episodes count": "metadata says 9 episodes",
     "nan reward": "NaN",
 }

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dtinterp.interp.attention import action_shift, attention_pattern, value_norms
+from dtinterp.interp.attention import action_shift, attention_pattern, output_norms
 from dtinterp.interp.edits import parse_edit
 from dtinterp.plugins.api import AnalysisContext, ParameterError, PluginError
 
@@ -58,7 +58,7 @@ def test_real_edit_changes_attention_and_prediction(registry, tiny_model, tiny_m
 
 
 @pytest.mark.parametrize("renormalize", [False, True])
-def test_value_weighted_pattern_is_pattern_times_value_norm(
+def test_value_weighted_pattern_is_the_norm_of_what_reaches_the_stream(
     registry, tiny_model, tiny_meta, one_window, renormalize
 ):
     ctx, result = run(
@@ -75,12 +75,17 @@ def test_value_weighted_pattern_is_pattern_times_value_norm(
     assert d["layers"] == [1]
     pattern = ctx.cache["blocks.1.attn.hook_pattern"][0]  # [H, Pq, Pk]
     v = ctx.cache["blocks.1.attn.hook_v"][0]  # [Pk, H, dh]
-    by_hand = pattern * torch.sqrt((v**2).sum(-1)).T[:, None, :]
+    W_O = tiny_model.blocks[1].attn.W_O.detach()  # [H, dh, d]
+    # ||pattern[q, k] * v[k] @ W_O[h]|| (Kobayashi et al. 2020), not pattern * ||v[k]||.
+    written = torch.stack([pattern[h, :, :, None] * (v[:, h] @ W_O[h])[None] for h in range(len(W_O))])
+    by_hand = written.norm(dim=-1)  # [H, Pq, Pk]
     if renormalize:
         by_hand = by_hand / by_hand.sum(-1, keepdim=True)
         np.testing.assert_allclose(np.asarray(d["clean"]).sum(-1), 1.0, atol=1e-5)
     np.testing.assert_allclose(np.asarray(d["clean"])[0], by_hand.numpy(), atol=1e-6)
-    torch.testing.assert_close(value_norms(ctx.cache, 1)[0], v.norm(dim=-1).T)
+    torch.testing.assert_close(
+        output_norms(ctx.cache, 1)[0], torch.einsum("phe,hed->hpd", v, W_O).norm(dim=-1)
+    )
     torch.testing.assert_close(attention_pattern(ctx.cache, 1)[0], pattern)
 
 
@@ -93,8 +98,15 @@ def test_registry_json_and_figures(registry, tiny_model, tiny_meta, many_windows
     json.dumps(result.to_json())
     figs = registry.figures(PLUGIN, result)
     assert len(figs) == 3
-    heads = tiny_model.cfg.n_layers * tiny_model.cfg.n_heads
-    assert len(figs[0].data) == 3 * heads and list(figs[0].data[0].x) == result.data["token_labels"]
+    # One layer (the one changed most) by default, its heads as columns; padded tokens are not drawn.
+    H = tiny_model.cfg.n_heads
+    assert len(figs[0].data) == 3 * H and figs[0].layout.height <= 900
+    real = [lab for lab, r in zip(result.data["token_labels"], result.data["real_tokens"]) if r]
+    assert list(figs[0].data[0].x) == real and "R1" not in real  # window 0 starts with a padded step
+    change = np.asarray(result.data["head_max_abs_difference"]).max(1)
+    assert result.data["shown_layer"] == int(change.argmax())
+    one = registry.figures(PLUGIN, run(registry, tiny_model, many_windows, tiny_meta, ["R2=0.1"], head=1)[1])
+    assert len(one[0].data) == 3
     for fig in figs:
         titled_x = [fig.layout[k].title.text for k in fig.layout if k.startswith("xaxis")]
         titled_y = [fig.layout[k].title.text for k in fig.layout if k.startswith("yaxis")]
@@ -110,6 +122,7 @@ def test_needs_an_edit_and_valid_parameters(registry, tiny_model, tiny_meta, man
         (dict(position=5), "outside"),
         (dict(window=6), "outside the batch"),
         (dict(layer=-2), "minimum"),
+        (dict(head=2), "head 2"),
     ]:
         with pytest.raises(ParameterError, match=match):
             run(registry, tiny_model, many_windows, tiny_meta, ["R2=0.5"], **params)

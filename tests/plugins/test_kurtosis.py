@@ -61,9 +61,19 @@ def test_random_rotation_is_orthogonal_and_seeded():
 def test_registered_and_runs_through_registry(registry, tiny_model, tiny_meta, one_window):
     assert registry.plugins["kurtosis"].category == "dynamic"
     result = registry.run("kurtosis", AnalysisContext(tiny_model, one_window, tiny_meta), {"seed": 3})
-    assert result.summary and result.params == {"seed": 3}
+    assert result.summary and result.params == {"seed": 3, "window": -1}
     json.dumps(result.to_json())
     assert_labelled(registry.figures("kurtosis", result))
+
+
+def test_one_window_of_a_batch_equals_that_window_alone(registry, tiny_model, tiny_meta, many_windows):
+    picked = registry.run(
+        "kurtosis", AnalysisContext(tiny_model, many_windows, tiny_meta), {"window": 0}
+    ).data
+    alone = registry.run("kurtosis", AnalysisContext(tiny_model, many_windows[0], tiny_meta), {}).data
+    assert picked["n_tokens"] == alone["n_tokens"] == 11 - 3  # window 0 has one padded timestep
+    for site in alone["sites"]:
+        np.testing.assert_allclose(picked["model"][site], alone["model"][site], rtol=1e-4, atol=1e-4)
 
 
 def test_model_basis_equals_core_on_real_tokens(registry, tiny_model, tiny_meta, many_windows):

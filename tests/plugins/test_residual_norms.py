@@ -107,6 +107,14 @@ def test_padded_positions_are_excluded(registry, tiny_model, tiny_meta, many_win
     assert np.abs(c - np.array(a["data"]["norm_mean"])).max() > 1e-3
 
 
+def test_one_window_of_a_batch_equals_that_window_alone(registry, tiny_model, tiny_meta, many_windows):
+    picked = run(registry, tiny_model, many_windows, tiny_meta, window=2, position="all").data
+    alone = run(registry, tiny_model, many_windows[2], tiny_meta, position="all").data
+    assert picked["windows"] == alone["windows"] == 1
+    np.testing.assert_allclose(picked["norm_mean"], alone["norm_mean"], atol=1e-5)
+    np.testing.assert_allclose(picked["components"]["dla"], alone["components"]["dla"], atol=1e-5)
+
+
 def test_attention_only_model(registry, tiny_meta, one_window):
     cfg = DTConfig(context_len=4, n_layers=2, n_heads=2, d_model=32, max_timestep=100, attn_only=True, seed=1)
     model = HookedDecisionTransformer(cfg).eval()

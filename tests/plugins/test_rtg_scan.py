@@ -130,6 +130,14 @@ def test_plugin_named_action_neuron_granularity_and_cluster_limit(tiny_model, ti
     assert len(c["labels"]) == 10 and np.asarray(c["corr"]).shape == (10, 10)
     variance = np.asarray(d["variance"])
     assert variance[c["components"]].min() >= np.delete(variance, c["components"]).max()
+    # Without a cap, every varying component is clustered and no constant one (dead neurons, biases) is.
+    every = (
+        load_registry(include_entry_points=False).run("rtg-scan", ctx, {**params, "max_cluster": 512}).data
+    )
+    contrib, chosen = np.asarray(every["contributions"]), np.asarray(every["cluster"]["components"])
+    constant = contrib.std(1) <= 1e-6 * np.abs(contrib).max(1)
+    assert every["cluster"]["n_constant"] == constant.sum() > 0
+    assert not constant[chosen].any() and len(chosen) == (~constant).sum()
 
 
 def test_plugin_rejects_bad_parameters(tiny_model, tiny_meta, many_windows):

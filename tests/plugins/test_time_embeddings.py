@@ -40,7 +40,10 @@ def test_matrices_are_exact(registry, tiny_model, tiny_meta, one_window):
     np.testing.assert_allclose(np.diag(cos), 1.0, atol=1e-5)
     np.testing.assert_allclose(cos, cos.T, atol=1e-6)
     np.testing.assert_allclose(dot, (E @ E.T).numpy(), atol=1e-6)
-    np.testing.assert_allclose(d["projections"], (E @ tiny_model.W_U).detach().numpy(), atol=1e-6)
+    # The final LayerNorm centres the residual: the projection reads the centred unembedding.
+    W_U = tiny_model.W_U.detach()
+    np.testing.assert_allclose(d["projections"], (E @ (W_U - W_U.mean(0))).numpy(), atol=1e-6)
+    assert np.abs(d["projections"] - (E @ W_U).numpy()).max() > 1e-4  # not the raw W_U
     assert d["action_names"] == list(ACTION_NAMES[: tiny_model.cfg.n_actions])
     # Row 0 is the RTG direction, rows 1.. the real actions (the padding action is left out).
     others = torch.cat([tiny_model.W_rtg[None], tiny_model.action_embed.weight[:-1]]).detach()
@@ -50,7 +53,9 @@ def test_matrices_are_exact(registry, tiny_model, tiny_meta, one_window):
     np.testing.assert_array_equal(d["order"], np.arange(30))
 
 
-def test_max_t_defaults_to_env_steps_and_is_capped(registry, tiny_model, tiny_meta, one_window):
+def test_max_t_defaults_to_training_lengths_else_env_steps_and_is_capped(
+    registry, tiny_model, tiny_meta, one_window
+):
     run = registry.plugins["time-embeddings"].run
     cap = tiny_model.cfg.max_timestep
     assert run(AnalysisContext(tiny_model, one_window, tiny_meta)).data["cosine"].shape == (cap, cap)
@@ -58,6 +63,11 @@ def test_max_t_defaults_to_env_steps_and_is_capped(registry, tiny_model, tiny_me
     assert run(AnalysisContext(tiny_model, one_window, meta)).data["cosine"].shape == (12, 12)
     big = run(AnalysisContext(tiny_model, one_window, tiny_meta), {"max_t": 10 * cap})
     assert big.data["cosine"].shape == (cap, cap)
+    # With the training data's episode lengths recorded, the default covers those episodes and says so.
+    trained = {**tiny_meta, "dataset_lengths": {"min": 3, "mean": 9.5, "p95": 13.0, "max": 14}}
+    result = run(AnalysisContext(tiny_model, one_window, trained))
+    assert result.data["cosine"].shape == (14, 14) and "training episodes" in result.summary
+    assert "step limit" in run(AnalysisContext(tiny_model, one_window, meta)).summary
 
 
 def test_clustered_order_is_a_permutation_that_groups_clusters(registry, tiny_model, tiny_meta, one_window):

@@ -2,7 +2,12 @@
 
 Beside the patterns it reports how the edit moves the predicted action distribution at one state token
 (probabilities before and after, KL(clean || counterfactual)). With ``value_weighted`` each entry is
-``pattern[q, k] * ||v[k]||`` (see :mod:`dtinterp.interp.attention`), optionally renormalised per row.
+``||pattern[q, k] * v[k] @ W_O||`` (Kobayashi et al. 2020; see :mod:`dtinterp.interp.attention`),
+optionally renormalised per row.
+
+Every layer is computed; the figure shows one layer (by default the one whose attention the edit changes
+most; ``layer`` picks another) and every head of it, or one head (``head``). Padded timesteps of the window
+are left out of the axes: a padded query attends only to itself, which is not attention worth drawing.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ class CounterfactualAttention(Analysis):
         "difference, and the change of the predicted action distribution caused by the edit."
     )
     parameters = (
-        Param("layer", "int", -1, "Layer to show (-1: every layer).", min=-1),
+        Param("layer", "int", -1, "Layer to show (-1: the layer whose attention changes most).", min=-1),
+        Param("head", "int", -1, "Head of the layer to show (-1: every head).", min=-1),
         Param(
             "position",
             "int",
@@ -39,7 +45,8 @@ class CounterfactualAttention(Analysis):
             "value_weighted",
             "bool",
             False,
-            "Weight each entry by the norm of the head's value vector at the source token: pattern[q, k] * ||v[k]||.",
+            "Weight each entry by what it writes into the residual stream: ||pattern[q, k] * v[k] @ W_O|| "
+            "(Kobayashi et al. 2020).",
         ),
         Param(
             "renormalize",
@@ -58,6 +65,10 @@ class CounterfactualAttention(Analysis):
             raise ParameterError(f"plugin {self.id!r}: window {b} is outside the batch of {B} windows")
         if layer >= L:
             raise ParameterError(f"plugin {self.id!r}: layer {layer} is outside the model's {L} layers")
+        if params["head"] >= model.cfg.n_heads:
+            raise ParameterError(
+                f"plugin {self.id!r}: head {params['head']} is outside the model's {model.cfg.n_heads} heads"
+            )
         if pos > K:
             raise ParameterError(f"plugin {self.id!r}: position {pos} is outside the window of {K} timesteps")
         k = K - 1 if pos == 0 else pos - 1
@@ -102,6 +113,7 @@ class CounterfactualAttention(Analysis):
             "predicted_counterfactual": names[int(p_cf.argmax())],
         }
         li, h = np.unravel_index(int(head_change.argmax()), head_change.shape)
+        data["shown_layer"] = layers[int(head_change.max(1).argmax())] if layer < 0 else layer
         what = "value-weighted attention" if params["value_weighted"] else "attention"
         summary = (
             f"Edit {', '.join(data['edits'])}: at {data['query_label']} the predicted action goes "
@@ -113,48 +125,57 @@ class CounterfactualAttention(Analysis):
 
     def figures(self, result: AnalysisResult) -> list[Any]:
         import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
 
         from dtinterp.viz.heatmap import heatmap
-        from dtinterp.viz.style import DIVERGING, SEQUENTIAL, finish
+        from dtinterp.viz.panels import panel_grid
+        from dtinterp.viz.style import DIVERGING, MAX_HEIGHT, SEQUENTIAL, finish, robust_limit
 
         d = result.data
-        labels, layers = d["token_labels"], d["layers"]
+        layers = list(d["layers"])
+        real = np.asarray(d["real_tokens"], dtype=bool)
+        labels = [lab for lab, r in zip(d["token_labels"], real) if r]  # padding left out
+        li = layers.index(int(d["shown_layer"]))
+        keep = np.ix_(real, real)
         clean, cf, diff = (
-            np.asarray(d[key], dtype=float) for key in ("clean", "counterfactual", "difference")
-        )
-        n_heads = clean.shape[1]
-        heads = [f"L{layer}H{h}" for layer in layers for h in range(n_heads)]
+            np.asarray(d[key], dtype=float)[li] for key in ("clean", "counterfactual", "difference")
+        )  # [H, P, P]
+        n_heads = clean.shape[0]
+        head = int(result.params.get("head", -1))
+        heads = [head] if head >= 0 else list(range(n_heads))
         kinds = ("clean", "counterfactual", "difference")
-        grid = make_subplots(
-            rows=len(heads),
-            cols=3,
-            subplot_titles=[f"{head} {kind}" for head in heads for kind in kinds],
-            horizontal_spacing=0.06,
-            vertical_spacing=min(0.3 / len(heads), 0.08),
+        layer = layers[li]
+        grid = panel_grid(
+            [f"L{layer}H{h} {kind}" for kind in kinds for h in heads],
+            len(heads),
+            hspace=min(0.2 / len(heads), 0.05),
+            vspace=0.09,
+            right=0.95,
         )
-        top = max(float(np.abs(clean).max()), float(np.abs(cf).max()), 1e-12)
-        lim = max(float(np.abs(diff).max()), 1e-12)
+        shown = [m[h][keep] for m in (clean, cf) for h in heads]
+        top = robust_limit(np.concatenate([m.ravel() for m in shown])) if shown else 1.0
+        lim = robust_limit(np.concatenate([diff[h][keep].ravel() for h in heads]))
         hover = "query %{y}<br>key %{x}<br>%{z:.3f}<extra></extra>"
-        for i in range(len(heads)):
-            l, h = divmod(i, n_heads)
-            for j, (z, axis) in enumerate(((clean, "coloraxis"), (cf, "coloraxis"), (diff, "coloraxis2"))):
-                grid.add_trace(
-                    go.Heatmap(z=z[l, h], x=labels, y=labels, coloraxis=axis, hovertemplate=hover),
-                    row=i + 1,
-                    col=j + 1,
-                )
-        grid.update_yaxes(autorange="reversed", type="category")
-        grid.update_xaxes(type="category")
-        grid.update_yaxes(title_text="query token", col=1)
-        grid.update_xaxes(title_text="key token", row=len(heads))
+        traces, ticks = [], {"type": "category", "tickfont": {"size": 8}}
+        for row, (z, axis) in enumerate(((clean, "coloraxis"), (cf, "coloraxis"), (diff, "coloraxis2"))):
+            for col, h in enumerate(heads):
+                i = row * len(heads) + col
+                traces.append(
+                    {"type": "heatmap", "z": z[h][keep], "x": labels, "y": labels, "coloraxis": axis,
+                     "hovertemplate": hover, "xaxis": grid.x[i], "yaxis": grid.y[i]}
+                )  # fmt: skip
+                grid.axis(i, "x").update(ticks, title={"text": "key token" if row == 2 else ""})
+                grid.axis(i, "y").update(ticks, autorange="reversed", title={"text": "query"})
         value = " (value-weighted)" if result.params.get("value_weighted") else ""
-        grid.update_layout(
-            coloraxis={"colorscale": SEQUENTIAL, "cmin": 0.0, "cmax": top, "colorbar": {"title": {"text": "attention"}, "x": 1.02, "len": 0.45, "y": 0.75}},
-            coloraxis2={"colorscale": DIVERGING, "cmid": 0.0, "cmin": -lim, "cmax": lim, "colorbar": {"title": {"text": "difference"}, "x": 1.02, "len": 0.45, "y": 0.25}},
-        )  # fmt: skip
-        finish(grid, f"Attention{value}: clean, counterfactual ({', '.join(d['edits'])}) and difference",
-               height=max(420, 330 * len(heads)))  # fmt: skip
+        layout = {
+            **grid.layout,
+            "coloraxis": {"colorscale": SEQUENTIAL, "cmin": 0.0, "cmax": top, "colorbar": {"title": {"text": "attention"}, "x": 1.02, "len": 0.6, "y": 0.7}},
+            "coloraxis2": {"colorscale": DIVERGING, "cmid": 0.0, "cmin": -lim, "cmax": lim, "colorbar": {"title": {"text": "difference"}, "x": 1.02, "len": 0.3, "y": 0.15}},
+            "height": min(MAX_HEIGHT, 840),
+        }  # fmt: skip
+        grid = finish(
+            go.Figure(data=traces, layout=layout),
+            f"Attention{value} of layer {layer}: clean, counterfactual ({', '.join(d['edits'])}) and difference",
+        )
 
         names = d["action_names"]
         bars = go.Figure(
@@ -171,10 +192,11 @@ class CounterfactualAttention(Analysis):
             "probability",
         )
 
+        all_heads = [f"L{lyr}H{h}" for lyr in layers for h in range(n_heads)]
         rows = heatmap(
-            np.asarray(d["query_rows"]["difference"], dtype=float).reshape(len(heads), -1),
+            np.asarray(d["query_rows"]["difference"], dtype=float).reshape(len(all_heads), -1)[:, real],
             x_labels=labels,
-            y_labels=heads,
+            y_labels=all_heads,
             title=f"Change of attention{value} from query {d['query_label']} (counterfactual - clean)",
             x_title="key token",
             y_title="head",

@@ -11,6 +11,7 @@ import torch
 
 from dtinterp.interp.kurtosis import HEAVY_TAIL, basis_kurtosis, site_activations, summarize
 from dtinterp.plugins.api import Analysis, AnalysisContext, AnalysisResult, Param
+from dtinterp.plugins.builtin._common import one_window_run
 
 _SITE_RE = re.compile(r"blocks\.(\d+)\.(hook_resid_post|mlp\.hook_post)")
 
@@ -32,11 +33,24 @@ class Kurtosis(Analysis):
         "per layer over all real tokens of the batch, in the model's basis and after a random rotation: "
         "heavy tails only in the model's basis mean the basis is privileged. Give it many windows."
     )
-    parameters = (Param("seed", "int", 0, "Seed of the random orthogonal rotation.", min=0, max=2**31 - 1),)
+    parameters = (
+        Param("seed", "int", 0, "Seed of the random orthogonal rotation.", min=0, max=2**31 - 1),
+        Param(
+            "window",
+            "int",
+            -1,
+            "Window of the batch whose tokens are pooled (-1: every window; one window's few tokens give "
+            "noisy estimates).",
+            min=-1,
+        ),
+    )
 
     def compute(self, ctx: AnalysisContext, params: dict[str, Any]) -> AnalysisResult:
+        cache, pad = ctx.cache, ctx.inputs.pad_mask
+        if params["window"] >= 0:
+            cache, _, pad = one_window_run(ctx, params["window"], self.id)
         with torch.no_grad():
-            acts = site_activations(ctx.model, ctx.cache, ctx.inputs.pad_mask)
+            acts = site_activations(ctx.model, cache, pad)
             per_site = basis_kurtosis(acts, seed=params["seed"])
         sites = list(per_site)
         n_tokens = int(next(iter(acts.values())).shape[0])

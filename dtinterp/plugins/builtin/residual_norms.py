@@ -10,6 +10,7 @@ import torch
 
 from dtinterp.interp.norms import component_effects, masked_batch_stats, residual_norms, token_mask
 from dtinterp.plugins.api import Analysis, AnalysisContext, AnalysisResult, Param
+from dtinterp.plugins.builtin._common import WINDOW_PARAM, one_window_run
 from envs.encoding import ACTION_NAMES
 
 
@@ -36,17 +37,21 @@ class ResidualNorms(Analysis):
             choices=("last", "all"),
         ),
         Param("heads", "bool", True, "Also measure each attention head's output (z @ W_O)."),
+        WINDOW_PARAM,
     )
 
     def compute(self, ctx: AnalysisContext, params: dict[str, Any]) -> AnalysisResult:
-        model, cache, pad = ctx.model, ctx.cache, ctx.inputs.pad_mask
+        model, cache, logits, pad = ctx.model, ctx.cache, ctx.logits, ctx.inputs.pad_mask
+        if params["window"] >= 0:
+            cache, logits, pad = one_window_run(ctx, params["window"], self.id)
         with torch.no_grad():
             norms, sites = residual_norms(model, cache)  # [L, S, B, P]
             mean, std = masked_batch_stats(norms, token_mask(pad))  # [L, S, P]
-            eff = component_effects(model, cache, ctx.logits, pad, params["position"], params["heads"])
+            eff = component_effects(model, cache, logits, pad, params["position"], params["heads"])
         data: dict[str, Any] = {
             "sites": sites,
             "token_labels": ctx.token_labels,
+            "windows": int(pad.shape[0]),
             "norm_mean": mean.cpu().numpy(),
             "norm_std": std.cpu().numpy(),
             "n_real": token_mask(pad).sum(0).cpu().numpy(),  # [P] real tokens averaged at each position
@@ -72,8 +77,9 @@ class ResidualNorms(Analysis):
         data["action_names"] = list(ACTION_NAMES[: model.cfg.n_actions])
         last = mean[-1, -1]
         top = int(np.abs(comp["dla_mean"]).argmax())
+        which = f"Window {params['window']}" if params["window"] >= 0 else f"{pad.shape[0]} window(s)"
         summary = (
-            f"Final residual norm {float(np.nanmean(last.cpu().numpy())):.2f} on average over tokens "
+            f"{which}: final residual norm {float(np.nanmean(last.cpu().numpy())):.2f} on average over tokens "
             f"(first layer input {float(np.nanmean(mean[0, 0].cpu().numpy())):.2f}); over "
             f"{eff['norm'].shape[1]} state tokens the largest direct effect on the predicted action is "
             f"{comp['labels'][top]} ({comp['dla_mean'][top]:+.3f}, norm {comp['norm_mean'][top]:.2f})."

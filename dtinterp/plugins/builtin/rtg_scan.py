@@ -19,7 +19,14 @@ import torch
 
 from dtinterp.interp.attribution import GRANULARITIES
 from dtinterp.interp.rtg_scan import RTG_MODES, correlation_clustering, rtg_scan
-from dtinterp.plugins.api import Analysis, AnalysisContext, AnalysisResult, Param, ParameterError
+from dtinterp.plugins.api import (
+    MODEL_ACTIONS,
+    Analysis,
+    AnalysisContext,
+    AnalysisResult,
+    Param,
+    ParameterError,
+)
 from envs.encoding import ACTION_NAMES
 
 
@@ -75,7 +82,7 @@ class RTGScan(Analysis):
             "choice",
             "predicted",
             "Action whose logit is attributed: the one the model predicts for the actual window, or a name.",
-            choices=("predicted", *ACTION_NAMES),
+            choices=("predicted", MODEL_ACTIONS),
         ),
         Param("window", "int", 0, "Which window of the batch (row index).", min=0),
         Param("top_k", "int", 8, "Components drawn in the contributions plot (largest variance).", 1, 64),
@@ -83,7 +90,8 @@ class RTGScan(Analysis):
             "max_cluster",
             "int",
             64,
-            "Components in the clustergram: those whose contribution varies most over the sweep.",
+            "Components in the clustergram: those whose contribution varies most over the sweep (constant "
+            "ones are left out).",
             min=2,
             max=512,
         ),
@@ -118,7 +126,12 @@ class RTGScan(Analysis):
         )
         contrib = scan.contributions[:, :, action].double().cpu().numpy()  # [C, N]
         variance = contrib.var(1)
-        chosen = np.sort(np.argsort(-variance, kind="stable")[: params["max_cluster"]])
+        # Components whose contribution does not move with the RTG (biases, neurons that never fire) have
+        # no correlation to cluster by: they are left out of the clustergram, not drawn as blank rows.
+        constant = np.sqrt(variance) <= 1e-6 * np.abs(contrib).max(1, initial=0.0)
+        candidates = np.flatnonzero(~constant) if (~constant).any() else np.arange(len(variance))
+        by_variance = candidates[np.argsort(-variance[candidates], kind="stable")]
+        chosen = np.sort(by_variance[: params["max_cluster"]])
         clus = correlation_clustering(contrib[chosen])
         predicted = scan.logits.argmax(-1).cpu().numpy()  # [N]
         actual_rtg = float(ctx.inputs.rtg[b, k]) * ctx.rtg_scale
@@ -140,6 +153,7 @@ class RTGScan(Analysis):
             "variance": variance,
             "cluster": {
                 "components": chosen,  # indices into labels
+                "n_constant": int(constant.sum()),  # components left out: constant over the sweep
                 "labels": [scan.labels[i] for i in chosen],
                 "corr": clus.corr,
                 "constant": clus.constant,
@@ -161,7 +175,8 @@ class RTGScan(Analysis):
             f"RTG scan of {data['state_label']} over [{params['rtg_min']:g}, {params['rtg_max']:g}] "
             f"({params['n_points']} points, {params['mode']}; actual RTG {actual_rtg:.3g}): {change}. "
             f"The contribution to {names[action]} varies most in {scan.labels[top]} "
-            f"(std {variance[top] ** 0.5:.3g})."
+            f"(std {variance[top] ** 0.5:.3g}). {int(constant.sum())} component(s) constant over the sweep are "
+            "left out of the clustergram."
         )
         return AnalysisResult(self.id, params, data, summary)
 
@@ -210,6 +225,7 @@ class RTGScan(Analysis):
             c["order"],
             c["icoord"],
             c["dcoord"],
-            title=f"Correlation over the RTG sweep of contributions to {names[action]} (clustered)",
+            title=f"Correlation over the RTG sweep of contributions to {names[action]} (clustered; "
+            f"{c.get('n_constant', 0)} constant components left out)",
         )
         return [curves, lines, gram]

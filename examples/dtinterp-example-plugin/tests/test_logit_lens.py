@@ -8,16 +8,16 @@ import torch
 from dtinterp_logit_lens import LogitLens
 
 from dtinterp.model import DTConfig, DTInputs, HookedDecisionTransformer
-from dtinterp.plugins import AnalysisContext
+from dtinterp.plugins import AnalysisContext, ParameterError
 from dtinterp.plugins.registry import load_registry
 
 K = 4
 
 
-def tiny_model(normalization_type: str | None = "LN") -> HookedDecisionTransformer:
+def tiny_model(normalization_type: str | None = "LN", n_actions: int = 7) -> HookedDecisionTransformer:
     cfg = DTConfig(
         context_len=K, n_layers=2, n_heads=2, d_model=32, d_mlp=64, max_timestep=50, seed=0,
-        normalization_type=normalization_type,
+        normalization_type=normalization_type, n_actions=n_actions,
     )  # fmt: skip
     model = HookedDecisionTransformer(cfg).eval()
     with torch.no_grad():  # non-zero biases, so every term of the read-out matters
@@ -26,7 +26,7 @@ def tiny_model(normalization_type: str | None = "LN") -> HookedDecisionTransform
     return model
 
 
-def windows(batch: int = 3, n_pad: int = 1, seed: int = 0) -> DTInputs:
+def windows(batch: int = 3, n_pad: int = 1, seed: int = 0, n_actions: int = 7) -> DTInputs:
     """Random valid windows (object < 11, colour < 6, state < 3); window 0 left-padded by ``n_pad``."""
     g = torch.Generator().manual_seed(seed)
     obs = torch.stack([torch.randint(0, n, (batch, K, 7, 7), generator=g) for n in (11, 6, 3)], dim=-1).to(
@@ -38,7 +38,7 @@ def windows(batch: int = 3, n_pad: int = 1, seed: int = 0) -> DTInputs:
         obs=obs,
         directions=torch.randint(0, 4, (batch, K), generator=g),
         rtg=torch.rand(batch, K, generator=g),
-        actions=torch.randint(0, 7, (batch, K), generator=g),
+        actions=torch.randint(0, n_actions, (batch, K), generator=g),
         timesteps=torch.arange(K).expand(batch, K).clone(),
         pad_mask=pad,
     )
@@ -80,3 +80,20 @@ def test_registered_through_the_entry_point():
     assert type(plugin) is LogitLens
     figures = reg.figures("logit-lens", reg.run("logit-lens", AnalysisContext(tiny_model(), windows())))
     assert [len(f.data) for f in figures] == [1, 2]
+
+
+def test_action_choices_are_the_models_own():
+    """A 3-action model (Dynamic-Obstacles) offers left, right, forward: ``toggle`` is refused up front."""
+    model = tiny_model(n_actions=3)
+    ctx = AnalysisContext(
+        model, windows(n_actions=3), {"env_spec": {"env_id": "MiniGrid-Dynamic-Obstacles-8x8-v0"}}
+    )
+    (action,) = [p for p in LogitLens.parameters if p.name == "action"]
+    assert action.describe_type() == "choice: predicted | <the model's actions>"
+    assert action.describe_type(ctx.action_names) == "choice: predicted | left | right | forward"
+    with pytest.raises(ParameterError, match="parameter 'action': 'toggle' is not one of"):
+        LogitLens().run(ctx, {"action": "toggle"})
+    result = LogitLens().run(ctx, {"action": "forward"})
+    assert result.data["lens_logits"].shape[-1] == 3 and np.isfinite(result.data["agreement"]).all()
+    # Without a model to ask, every MiniGrid action is a valid choice.
+    assert LogitLens().resolve_params({"action": "toggle"})["action"] == "toggle"
