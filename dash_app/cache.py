@@ -138,14 +138,23 @@ class ModelEntry:
         p = self.path / "model_card.md"
         return p.read_text(encoding="utf-8") if p.is_file() else ""
 
-    def predict(self, inputs: DTInputs) -> torch.Tensor:
-        """Action logits at the last state of each window, ``[B, n_actions]`` (fast path, under the lock)."""
-        with self.lock, torch.inference_mode():
-            return self.model(inputs)[:, -1].float().cpu()
+    def predict(self, inputs: DTInputs, hooks: Sequence[tuple[str, Callable]] = ()) -> torch.Tensor:
+        """Action logits at the last state of each window, ``[B, n_actions]``, under the lock.
 
-    def action_probs(self, episode: Episode, steps: Sequence[int] | None = None) -> np.ndarray:
+        ``hooks`` (an intervention) are attached for this forward pass only; without them the model's
+        fused fast path runs.
+        """
+        with self.lock, torch.inference_mode():
+            if not hooks:
+                return self.model(inputs)[:, -1].float().cpu()
+            with self.model.hooks(fwd_hooks=list(hooks)):
+                return self.model(inputs)[:, -1].float().cpu()
+
+    def action_probs(
+        self, episode: Episode, steps: Sequence[int] | None = None, hooks: Sequence[tuple[str, Callable]] = ()
+    ) -> np.ndarray:
         """The model's action distributions ``[len(steps), n_actions]`` (default steps: every observation)."""
-        return torch.softmax(self.predict(episode.windows(self.checkpoint, steps)), -1).numpy()
+        return torch.softmax(self.predict(episode.windows(self.checkpoint, steps), hooks), -1).numpy()
 
 
 def shipped_names() -> list[str]:

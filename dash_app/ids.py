@@ -72,6 +72,8 @@ PLAY_MESSAGE = "play-message"
 PLAY_ACTIONS_ROW = "play-actions-row"
 #: The keyboard help under the action buttons (only the env's own actions).
 PLAY_KEYS_HINT = "play-keys-hint"
+#: The intervention (ablation or steering) the DT plays with, one line (``dtinterp.interp.interventions``).
+PLAY_INTERVENTION = "play-intervention"
 
 
 def play_action_button(action: int | str) -> str:

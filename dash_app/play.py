@@ -21,6 +21,7 @@ from dash_app.inputs import InputError, load_episode, parse_seed, parse_target
 from dash_app.widgets import action_chart
 from dtinterp.data.episode import Episode
 from dtinterp.errors import DtinterpError
+from dtinterp.interp.interventions import Intervention, parse_intervention
 from envs.encoding import ACTION_NAMES, compact_obs
 from envs.errors import EnvSpecError
 from envs.spec import env_facts, make_env
@@ -79,30 +80,49 @@ def take_action(session: str, episode: Episode, action: int) -> Episode:
     return episode
 
 
-def dt_action(entry: ModelEntry, episode: Episode) -> int:
-    """The model's greedy action at the episode's current state."""
-    return int(np.argmax(entry.action_probs(episode, [episode.n_obs - 1])[0]))
+def dt_action(entry: ModelEntry, episode: Episode, intervention: Intervention | None = None) -> int:
+    """The model's greedy action at the episode's current state (with ``intervention``'s hooks on)."""
+    hooks = intervention.hooks if intervention is not None else ()
+    return int(np.argmax(entry.action_probs(episode, [episode.n_obs - 1], hooks)[0]))
 
 
-def dt_step(session: str, entry: ModelEntry, episode: Episode) -> Episode:
+def _record(episode: Episode, intervention: Intervention | None) -> None:
+    """Note in the episode's provenance from which step the model acted under which intervention."""
+    text = intervention.text if intervention is not None else None
+    log = episode.info.setdefault("interventions", [])
+    if (log[-1]["text"] if log else None) != text:
+        log.append({"from_step": episode.length, "text": text})
+
+
+def dt_step(
+    session: str, entry: ModelEntry, episode: Episode, intervention: Intervention | None = None
+) -> Episode:
     """``episode`` after one greedy action of the model."""
     _check_live(episode)
-    return take_action(session, episode, dt_action(entry, episode))
+    _record(episode, intervention)
+    return take_action(session, episode, dt_action(entry, episode, intervention))
 
 
-def dt_run_to_end(session: str, entry: ModelEntry, episode: Episode, max_steps: int | None = None) -> Episode:
+def dt_run_to_end(
+    session: str,
+    entry: ModelEntry,
+    episode: Episode,
+    max_steps: int | None = None,
+    intervention: Intervention | None = None,
+) -> Episode:
     """``episode`` after the model plays greedily until it ends (at most ``max_steps`` more actions).
 
     The default cap is the env's episode step limit, which ends every episode anyway.
     """
     _check_live(episode)
+    _record(episode, intervention)
     env = ENVS.checkout(session, episode)
     try:
         cap = env_facts(episode.env_spec).max_steps if max_steps is None else max_steps
         for _ in range(cap):
             if episode.done:
                 break
-            action = dt_action(entry, episode)
+            action = dt_action(entry, episode, intervention)
             obs, reward, terminated, truncated, _ = env.step(action)
             grid, direction = compact_obs(obs)
             episode = episode.step(action, reward, grid, direction, terminated, truncated)
@@ -118,6 +138,7 @@ def play_event(
     episode: Episode | None,
     seed: Any,
     target: Any,
+    intervention: Any = None,
 ) -> tuple[Episode | None, str]:
     """What one Play tab event does: ``(new episode or None for unchanged, message)``.
 
@@ -137,12 +158,21 @@ def play_event(
         if event in ids.PLAY_ACTION_BUTTONS:
             return take_action(session, episode, ids.PLAY_ACTION_BUTTONS.index(event)), ""
         if event == ids.PLAY_DT_STEP:
-            return dt_step(session, entry, episode), ""
+            return dt_step(session, entry, episode, parse_play_intervention(intervention, entry, episode)), ""
         if event == ids.PLAY_DT_RUN:
-            return dt_run_to_end(session, entry, episode), ""
+            how = parse_play_intervention(intervention, entry, episode)
+            return dt_run_to_end(session, entry, episode, intervention=how), ""
         raise ValueError(f"unknown Play event {event!r}")
     except (DtinterpError, EnvSpecError) as exc:
         return None, str(exc)
+
+
+def parse_play_intervention(text: Any, entry: ModelEntry, episode: Episode | None) -> Intervention | None:
+    """The intervention typed in the Play tab (None when empty); mean ablation averages over the episode."""
+    if not text or not str(text).strip():
+        return None
+    reference = episode.windows(entry.checkpoint) if episode is not None and "mean" in str(text) else None
+    return parse_intervention(str(text), entry.checkpoint, reference)
 
 
 # ------------------------------------------------------------------ view
@@ -175,7 +205,9 @@ def episode_banner(episode: Episode) -> tuple[str, str]:
     )
 
 
-def play_view(session: str, entry: ModelEntry, episode: Episode | None) -> dict[str, Any]:
+def play_view(
+    session: str, entry: ModelEntry, episode: Episode | None, intervention: Intervention | None = None
+) -> dict[str, Any]:
     """Everything the Play tab shows for ``episode``: images, chart, status, banner and which buttons exist.
 
     While the episode is live the chart shows the distribution at the current state; once it has ended,
@@ -201,10 +233,14 @@ def play_view(session: str, entry: ModelEntry, episode: Episode | None) -> dict[
         view["pov"] = pov_image(episode.obs[-1], int(episode.directions[-1]))
         view["world"] = world_image(session, episode)
         last = episode.n_obs - 1
-        view["probs"] = entry.action_probs(episode, [last])[0]
+        view["probs"] = entry.action_probs(episode, [last], intervention.hooks if intervention else ())[0]
+        if intervention is not None:
+            view["chart_title"] = f"DT action probabilities with {intervention.text}"
         if episode.done:
             chosen = ACTION_NAMES[int(episode.actions[last])]
-            view["chart_title"] = f"Last decision (step {last}): the model took {chosen}"
+            view["chart_title"] = f"Last decision (step {last}): the model took {chosen}" + (
+                f" ({intervention.text})" if intervention is not None else ""
+            )
     except (DtinterpError, EnvSpecError) as exc:
         view["message"] = str(exc)
     return view
@@ -258,6 +294,23 @@ def layout() -> html.Div:
                 ],
                 className="controls-row",
             ),
+            html.Div(
+                [
+                    html.Label("Intervention while the DT plays", htmlFor=ids.PLAY_INTERVENTION),
+                    dcc.Input(
+                        id=ids.PLAY_INTERVENTION,
+                        type="text",
+                        debounce=True,
+                        placeholder="zero: blocks.1.attn.hook_z:h2  ·  steer: saved:NAME @ blocks.1.hook_resid_post x 4",
+                        className="path-input intervention-input",
+                    ),
+                    html.Span(
+                        "ablate (zero/mean) or steer; DT step / run to end and the chart use it",
+                        className="hint",
+                    ),
+                ],
+                className="controls-row",
+            ),
             html.Div(id=ids.PLAY_MESSAGE, className="tab-message"),
             html.Div(id=ids.PLAY_BANNER, className="banner hidden"),
             html.Div(id=ids.PLAY_STATUS, className="status-line"),
@@ -304,6 +357,7 @@ EVENT_PRIORITY = (
     ids.PLAY_DT_RUN,
     ids.MODEL_STORE,
     ids.PLAY_TARGET_RTG,
+    ids.PLAY_INTERVENTION,
     ids.TRAJ_STORE,
     ids.TABS,
 )
@@ -333,11 +387,12 @@ def register(app: Dash) -> None:
         Input(ids.MODEL_STORE, "data"),
         Input(ids.TRAJ_STORE, "data"),
         Input(ids.TABS, "value"),
+        Input(ids.PLAY_INTERVENTION, "value"),
         State(ids.SESSION_STORE, "data"),
         State(ids.PLAY_SEED, "value"),
     )
     def _play(*args: Any) -> tuple[Any, ...]:
-        target, model, data, tab, session, seed = args[-6:]
+        target, model, data, tab, intervention, session, seed = args[-7:]
         n_out = 11 + len(ids.PLAY_ACTION_BUTTONS)
         # Several inputs can fire together (typing a target, then clicking Reset): the click wins.
         fired = set(ctx.triggered_prop_ids.values())
@@ -354,14 +409,18 @@ def register(app: Dash) -> None:
         if episode is None:  # no episode yet (a first page load) or an unreadable one: start one
             new, reset_message = play_event(None, session, model, None, seed, target)
             message = message or reset_message
-        elif event not in (None, ids.TRAJ_STORE, ids.TABS):  # None: a reload restored the episode
-            new, message = play_event(event, session, model, episode, seed, target)
+        elif event not in (None, ids.TRAJ_STORE, ids.TABS, ids.PLAY_INTERVENTION):  # None: a reload
+            new, message = play_event(event, session, model, episode, seed, target, intervention)
         shown = new if new is not None else episode
         try:
             entry = model_entry(model)
         except DtinterpError as exc:
             return (no_update, str(exc), *(no_update,) * (n_out - 2))
-        v = play_view(session, entry, shown)
+        try:
+            how = parse_play_intervention(intervention, entry, shown)
+        except DtinterpError as exc:
+            how, message = None, str(exc)
+        v = play_view(session, entry, shown, how)
         text, cls = v["banner"]
         if v["message"]:
             text, cls = v["message"], "banner failure"

@@ -337,3 +337,24 @@ def test_forked_worker_gets_released_locks():
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_dt_plays_with_the_typed_intervention_and_records_it(entry):
+    episode, msg = play_event(None, "s-int", MODEL, None, "4", "1")
+    plain = play_view("s-int", entry, episode)["probs"]
+    line = (
+        "zero: blocks.0.hook_attn_out, blocks.1.hook_attn_out, blocks.0.hook_mlp_out, blocks.1.hook_mlp_out"
+    )
+    from dash_app.play import parse_play_intervention
+
+    how = parse_play_intervention(line, entry, episode)
+    shown = play_view("s-int", entry, episode, how)
+    assert shown["message"] == "" and not np.allclose(shown["probs"], plain) and line in shown["chart_title"]
+    moved, msg = play_event(ids.PLAY_DT_STEP, "s-int", MODEL, episode, "4", "1", line)
+    assert msg == "" and moved.actions.tolist() == [int(np.argmax(shown["probs"]))]
+    assert moved.info["interventions"] == [{"from_step": 0, "text": line}]
+    assert _no_hooks(entry)
+    same, msg = play_event(
+        ids.PLAY_DT_STEP, "s-int", MODEL, episode, "4", "1", "zero: blocks.7.hook_attn_out"
+    )
+    assert same is None and "blocks.7" in msg

@@ -1,0 +1,73 @@
+"""Interventions typed as one line: they do what they name, and bad lines are one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dtinterp.interp.ablation import ablated
+from dtinterp.interp.interventions import InterventionError, parse_intervention
+from dtinterp.model.checkpoint import Checkpoint
+from tests.plugins.conftest import META, _cached_windows, _random_model
+
+
+@pytest.fixture(scope="module")
+def ckpt() -> Checkpoint:
+    return Checkpoint.from_model(_random_model(), dict(META))
+
+
+def _logits(ckpt, inputs, hooks=()):
+    with torch.inference_mode(), ckpt.model.hooks(fwd_hooks=list(hooks)):
+        return ckpt.model(inputs)
+
+
+def test_zero_and_mean_ablation_equal_the_ablation_library(ckpt):
+    inputs = _cached_windows(4, 4, 1, 0)
+    for line, kind, values in (
+        ("zero: blocks.1.attn.hook_z:h1, blocks.0.mlp.hook_post:n3", "zero", None),
+        ("mean:  blocks.0.hook_attn_out", "mean", "ref"),
+    ):
+        how = parse_intervention(line, ckpt, inputs)
+        comps = [c.strip() for c in line.split(":", 1)[1].split(",")]
+        from dtinterp.interp.ablation import ablation_values
+
+        vals = ablation_values(ckpt.model, comps, kind, inputs) if values else None
+        with torch.inference_mode(), ablated(ckpt.model, comps, kind, vals):
+            want = ckpt.model(inputs)
+        torch.testing.assert_close(_logits(ckpt, inputs, how.hooks), want)
+        assert not torch.allclose(_logits(ckpt, inputs), want)
+
+
+def test_steering_adds_the_scaled_direction_at_state_tokens_only(ckpt):
+    inputs = _cached_windows(2, 4, 3, 0)
+    zero = parse_intervention("steer: forward-left @ blocks.1.hook_resid_pre x 0", ckpt)
+    torch.testing.assert_close(_logits(ckpt, inputs, zero.hooks), _logits(ckpt, inputs))
+    push = parse_intervention("steer: forward @ blocks.1.hook_resid_post x 50", ckpt)
+    before, after = _logits(ckpt, inputs), _logits(ckpt, inputs, push.hooks)
+    names = ckpt.action_names
+    # Added after the last block, along forward's (centred) readout: forward gains on every state token.
+    gain = (after - before)[..., names.index("forward")] - (after - before).mean(-1)
+    assert bool((gain > 0).all())
+    assert after.argmax(-1).eq(names.index("forward")).all()
+    assert parse_intervention("   ", ckpt) is None
+
+
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        ("zap: blocks.0.hook_attn_out", "expected e.g."),
+        ("zero: blocks.9.attn.hook_z:h0", "layer"),
+        ("zero: blocks.0.attn.hook_z:h7", "head"),
+        ("mean: blocks.0.hook_attn_out", "needs reference windows"),
+        ("steer: toggle-jump @ blocks.1.hook_resid_post x 2", "direction"),
+        ("steer: forward @ blocks.1.attn.hook_z x 2", "residual-stream hook"),
+        ("steer: forward @ blocks.1.hook_resid_post x nan", "finite"),
+        ("steer: forward blocks.1.hook_resid_post", "DIRECTION @ HOOK x COEFFICIENT"),
+        ("steer: saved:no-such-direction @ blocks.0.hook_resid_post x 1", "no-such-direction"),
+    ],
+)
+def test_bad_lines_are_one_line_errors(ckpt, line, fragment, monkeypatch, tmp_path):
+    monkeypatch.setenv("DTINTERP_DIRECTIONS_DIR", str(tmp_path))
+    with pytest.raises(InterventionError, match=fragment) as err:
+        parse_intervention(line, ckpt)
+    assert "\n" not in str(err.value)
