@@ -14,6 +14,11 @@ Run by hand, alone on the machine: ``python benchmarks/patching.py [--model memo
 
 from __future__ import annotations
 
+import os
+
+# TransformerLens' sweeps draw a progress bar per run; tqdm reads this when it is first imported.
+os.environ.setdefault("TQDM_DISABLE", "1")
+
 import argparse
 import resource
 import statistics
