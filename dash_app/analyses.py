@@ -15,6 +15,11 @@ tab only chooses what it runs on:
   applied. A plugin that compares clean and edited runs (``needs_counterfactual``) always gets both,
   and asks for an edit when there is none.
 
+A result may suggest interventions to try while the model plays (``AnalysisResult.interventions``, e.g.
+the feature dashboard's "steer along this feature"): each becomes a button that fills in the Play tab's
+intervention and shows the Play tab (:func:`intervention_buttons`). The tab does not know which plugin
+made them.
+
 A run is a Dash background callback (the app's ``DiskcacheManager``): it reports its stage on a progress
 bar, can be cancelled, and keeps the page responsive. The background job runs in a forked worker
 process with its own copy of the model (:func:`analysis_context`), so cancelling it can never leave hooks on
@@ -116,12 +121,18 @@ def describe_plugin(plugin: Analysis) -> html.Div:
         html.P(plugin.description),
     ]
     if plugin.needs_counterfactual:
-        parts.append(
-            html.P(
-                "Compares the clean window with the edited one: add at least one edit in the Replay tab.",
-                className="notice",
+        text = "Compares the clean window with the edited one: add at least one edit in the Replay tab."
+        if not plugin.needs_edits(plugin.resolve_params()):
+            text = (
+                "Compares the clean window with a counterfactual it builds itself by default; a parameter "
+                "can ask for the Replay tab's edits instead."
             )
-        )
+        elif type(plugin).needs_edits is not Analysis.needs_edits:
+            text = (
+                "Compares the clean window with a counterfactual: the edited one (add at least one edit in the "
+                "Replay tab), unless a parameter chooses another."
+            )
+        parts.append(html.P(text, className="notice"))
     if not plugin.parameters:
         parts.append(html.P("This analysis takes no parameters.", className="hint"))
     return html.Div(parts)
@@ -226,6 +237,7 @@ def run_in_app(
                 "inputs_info": run.inputs_info,
                 "summary": run.summary,
                 "provenance": run.provenance,
+                "interventions": [{"label": i.label, "text": i.text} for i in run.result.interventions],
             },
         )
     except (DtinterpError, EnvSpecError) as exc:
@@ -254,7 +266,35 @@ def report_html(report: Mapping[str, Any], figures: Sequence[Any]) -> str:
         summary=report["summary"],
         figures=figs,
         provenance=report.get("provenance"),
+        interventions=[(i["label"], i["text"]) for i in report.get("interventions", [])],
     )
+
+
+def intervention_buttons(store: Mapping[str, Any] | None) -> list[Any]:
+    """The buttons of the Play-tab interventions the shown result suggests (none without a result)."""
+    suggested = ((store or {}).get("report") or {}).get("interventions") or []
+    if not suggested:
+        return []
+    return [
+        html.Span("Try it while the model plays: ", className="hint"),
+        *(
+            html.Button(
+                i["label"],
+                id={"type": ids.ANALYSIS_INTERVENTION_TYPE, "index": n},
+                n_clicks=0,
+                title=f"fill in the Play tab's intervention with: {i['text']}",
+            )
+            for n, i in enumerate(suggested)
+        ),
+    ]
+
+
+def suggested_intervention(store: Mapping[str, Any] | None, index: Any) -> str | None:
+    """The line of suggestion ``index`` of the shown result (None if there is no such suggestion)."""
+    suggested = ((store or {}).get("report") or {}).get("interventions") or []
+    if not isinstance(index, int) or not 0 <= index < len(suggested):
+        return None
+    return str(suggested[index]["text"])
 
 
 def target_text(
@@ -392,6 +432,7 @@ def layout() -> html.Div:
             ),
             html.Div(id=ids.ANALYSIS_MESSAGE, className="tab-message", role="alert"),
             html.Pre(id=ids.ANALYSIS_SUMMARY, className="analysis-summary"),
+            html.Div(id=ids.ANALYSIS_INTERVENTIONS, className="controls-row"),
             html.Div(id=ids.ANALYSIS_FIGURES, className="analysis-figures"),
         ]
     )
@@ -452,7 +493,7 @@ def register(app: Dash) -> None:
             controls.plugin_controls(plugin, actions),
             options,
             value,
-            WINDOWS_STEP,
+            WINDOWS_EPISODE if plugin.min_windows > 1 else WINDOWS_STEP,
         )
 
     @app.callback(
@@ -516,6 +557,27 @@ def register(app: Dash) -> None:
         return summary, graphs, store, r["message"], False, r["result_json"] is None
 
     @app.callback(
+        Output(ids.ANALYSIS_INTERVENTIONS, "children"),
+        Input(ids.ANALYSIS_RESULT_STORE, "data"),
+    )
+    def _suggestions(store):
+        return intervention_buttons(store)
+
+    @app.callback(
+        Output(ids.PLAY_INTERVENTION, "value", allow_duplicate=True),
+        Output(ids.TABS, "value", allow_duplicate=True),
+        Input({"type": ids.ANALYSIS_INTERVENTION_TYPE, "index": ALL}, "n_clicks"),
+        State(ids.ANALYSIS_RESULT_STORE, "data"),
+        prevent_initial_call=True,
+    )
+    def _use_suggestion(_clicks, store):
+        # New buttons arrive with n_clicks 0 and fire this callback too: only a click counts.
+        if not isinstance(ctx.triggered_id, Mapping) or not ctx.triggered[0]["value"]:
+            return no_update, no_update
+        text = suggested_intervention(store, ctx.triggered_id.get("index"))
+        return (no_update, no_update) if text is None else (text, ids.TAB_PLAY)
+
+    @app.callback(
         Output(ids.ANALYSIS_MESSAGE, "children", allow_duplicate=True),
         Input(ids.ANALYSIS_CANCEL, "n_clicks"),
         prevent_initial_call=True,
@@ -560,11 +622,13 @@ __all__ = [
     "failures_text",
     "file_stem",
     "in_worker",
+    "intervention_buttons",
     "layout",
     "plugin_options",
     "register",
     "report_html",
     "ran_on_text",
     "run_in_app",
+    "suggested_intervention",
     "target_text",
 ]

@@ -167,3 +167,43 @@ ANALYSIS_WINDOWS = "analysis-windows"
 ANALYSIS_TARGET_INFO = "analysis-target-info"
 #: Pattern-matching type of each result figure: ``{"type": ANALYSIS_FIGURE_TYPE, "index": i}``.
 ANALYSIS_FIGURE_TYPE = "analysis-figure"
+#: The buttons of the Play-tab interventions a result suggests (``PlayIntervention``), one per suggestion:
+#: ``{"type": ANALYSIS_INTERVENTION_TYPE, "index": i}``; a click fills in ``PLAY_INTERVENTION`` and shows Play.
+ANALYSIS_INTERVENTIONS = "analysis-interventions"
+ANALYSIS_INTERVENTION_TYPE = "analysis-intervention"
+
+# ------------------------------------------------------------------ Circuit tab
+TAB_CIRCUIT = "tab-circuit"
+PANEL_CIRCUIT = "panel-circuit"
+#: The episode as the Circuit tab sees it (a gate like ``HISTORY_SHOWN_EPISODE``).
+CIRCUIT_SHOWN_EPISODE = "circuit-shown-episode"
+#: How edges are scored (eap, eap-ig, exact), the integrated-gradients steps, the pair and the metric.
+CIRCUIT_METHOD = "circuit-method"
+CIRCUIT_IG_STEPS = "circuit-ig-steps"
+CIRCUIT_PAIR = "circuit-pair"
+CIRCUIT_METRIC = "circuit-metric"
+CIRCUIT_SCORE = "circuit-score"
+CIRCUIT_SCORE_STATUS = "circuit-score-status"
+#: What scoring and ablating will use (model, step, pair rule, edits), shown beside the Score button.
+CIRCUIT_TARGET_INFO = "circuit-target-info"
+#: The scores of the last scoring run (``CircuitScores.to_json()`` plus the model key and timing).
+CIRCUIT_SCORES_STORE = "circuit-scores-store"
+CIRCUIT_SUMMARY = "circuit-summary"
+#: The graph (dash-cytoscape), how many edges it shows, and what clicking a node does.
+CIRCUIT_GRAPH = "circuit-graph"
+CIRCUIT_TOP_N = "circuit-top-n"
+CIRCUIT_CLICK_MODE = "circuit-click-mode"
+#: The side panel: the clicked node's or edge's scores and figure.
+CIRCUIT_DETAILS = "circuit-details"
+CIRCUIT_DETAILS_GRAPH = "circuit-details-graph"
+#: The ablated nodes (a checklist of every node; clicks in toggle mode change it), the ablation kind,
+#: the quick rollout's episodes and first seed, and the Clear button.
+CIRCUIT_ABLATED = "circuit-ablated"
+CIRCUIT_ABLATION = "circuit-ablation"
+CIRCUIT_EPISODES = "circuit-episodes"
+CIRCUIT_SEED = "circuit-seed"
+CIRCUIT_CLEAR = "circuit-clear"
+CIRCUIT_ABLATE_STATUS = "circuit-ablate-status"
+#: What ablating the nodes did: the metric, faithfulness and the quick rollout, and exactly what ran.
+CIRCUIT_RESULT = "circuit-result"
+CIRCUIT_MESSAGE = "circuit-message"

@@ -1,7 +1,7 @@
-"""The page: shared stores, the top bar (model chooser, model info, messages) and the four tabs.
+"""The page: shared stores, the top bar (model chooser, model info, messages) and the tabs.
 
 ``layout(default_model)`` is called on every page load, so each browser tab gets its own session id.
-All four tab panels stay in the page and the selected one is shown (a clientside callback), so every
+All tab panels stay in the page and the selected one is shown (a clientside callback), so every
 callback's components always exist whichever tab is open.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 
-from dash_app import analyses, history, ids, play, replay
+from dash_app import analyses, circuit, history, ids, play, replay
 from dash_app.cache import model_entry, new_session_id, shipped_names
 from dash_app.card import card_markdown
 from dtinterp.errors import DtinterpError
@@ -24,6 +24,7 @@ TABS = (
     (ids.TAB_HISTORY, ids.PANEL_HISTORY, "History", history),
     (ids.TAB_REPLAY, ids.PANEL_REPLAY, "Replay & interventions", replay),
     (ids.TAB_ANALYSES, ids.PANEL_ANALYSES, "Analyses", analyses),
+    (ids.TAB_CIRCUIT, ids.PANEL_CIRCUIT, "Circuit", circuit),
 )
 
 
@@ -32,6 +33,7 @@ GATES = {
     ids.TAB_HISTORY: ids.HISTORY_SHOWN_EPISODE,
     ids.TAB_REPLAY: ids.REPLAY_SHOWN_EPISODE,
     ids.TAB_ANALYSES: ids.ANALYSES_SHOWN_EPISODE,
+    ids.TAB_CIRCUIT: ids.CIRCUIT_SHOWN_EPISODE,
 }
 
 

@@ -305,7 +305,8 @@ def layout() -> html.Div:
                         className="path-input intervention-input",
                     ),
                     html.Span(
-                        "ablate (zero/mean) or steer; DT step / run to end and the chart use it",
+                        "ablate (zero/mean: components; zero: a direction @ hook or sae:DIR#F) or steer; DT "
+                        "step / run to end and the chart use it; an analysis's suggestions fill it in",
                         className="hint",
                     ),
                 ],

@@ -3,7 +3,9 @@
 Inputs come from at most one source: ``--trajectory FILE`` (a one-episode dataset file, one window at
 ``--step``), ``--data FILE --episodes N`` (windows ending at every step of the first N episodes, capped
 by ``--max-windows``) or ``--rollout --rtg R --seed S`` (play one greedy episode now, one window at
-``--step``); a static analysis (weights only) needs none. ``--edit`` builds the counterfactual,
+``--step``); a static analysis (weights only) needs none. With ``--data`` the analysis also gets those
+episodes of the dataset themselves (``AnalysisContext.dataset``: the ``probes`` analysis reads their
+ground-truth facts and harvests windows of its own). ``--edit`` builds the counterfactual,
 ``--param key=value`` sets the plugin's parameters. The run itself is
 :func:`dtinterp.plugins.run.run_analysis`, the same as in the app. Every argument is checked before any
 work (the outputs' locations first; the target and edited returns, the parameters whose choices depend on
@@ -20,7 +22,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from dtinterp.data.dataset import load_dataset
+from dtinterp.data.dataset import TrajectoryDataset, load_dataset
 from dtinterp.data.episode import Episode, dataset_targets, dataset_windows
 from dtinterp.errors import DtinterpError, EpisodeError
 from dtinterp.interp.edits import Edit, EditError, SetRTG, parse_edit
@@ -55,8 +57,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     registry = get_registry()
     plugin = registry.get(args.analysis)
-    plugin.resolve_params(raw_params)  # every parameter is checked before the model is loaded
-    if plugin.needs_counterfactual and not edits:
+    resolved = plugin.resolve_params(raw_params)  # every parameter is checked before the model is loaded
+    if plugin.needs_edits(resolved) and not edits:
         raise PluginError(
             f"analysis {plugin.id!r} compares against a counterfactual: give at least one --edit"
         )
@@ -67,14 +69,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.model_dir, device=device)
     _check_against_model(args, ckpt, edits)
     plugin.resolve_params(raw_params, ckpt)  # choices that depend on the model (its actions)
-    inputs, source = build_inputs(args, ckpt)
+    inputs, source, dataset = build_inputs(args, ckpt)
     what = (
         "weights only"
         if inputs is None
         else f"{inputs.batch_size} window(s) of {inputs.context_len} timesteps"
     )
     _status(f"running {plugin.id} on {what}")
-    run = run_analysis(ckpt, inputs, plugin, raw_params, edits, source=source, registry=registry)
+    run = run_analysis(
+        ckpt, inputs, plugin, raw_params, edits, source=source, registry=registry, dataset=dataset
+    )
 
     _status(f"writing {len(run.figures)} figure(s)")
     texts = [("--out", outputs["--out"], run.report_html())]
@@ -174,8 +178,12 @@ def parse_params(items: list[str]) -> dict[str, str]:
     return out
 
 
-def build_inputs(args: argparse.Namespace, ckpt: Checkpoint) -> tuple[DTInputs | None, dict[str, Any]]:
-    """The windows named by the input flags (None without any: a static analysis), and their provenance."""
+def build_inputs(
+    args: argparse.Namespace, ckpt: Checkpoint
+) -> tuple[DTInputs | None, dict[str, Any], TrajectoryDataset | None]:
+    """The windows named by the input flags (None without any: a static analysis), their provenance, and
+    for ``--data`` the dataset's first ``--episodes`` episodes (what the analysis context offers as
+    ``dataset``: ground-truth facts, every step)."""
     if args.data is not None:
         ds = load_dataset(args.data)
         where = f"dataset {args.data!r}"
@@ -192,7 +200,7 @@ def build_inputs(args: argparse.Namespace, ckpt: Checkpoint) -> tuple[DTInputs |
         inputs, ends = dataset_windows(ds, list(range(args.episodes)), ckpt, n_windows, where)
         n_steps = int(ds.episode_lengths()[: args.episodes].sum())
         every = "every step" if inputs.batch_size == n_steps else f"{inputs.batch_size} evenly spaced steps"
-        return inputs, {
+        source = {
             "description": f"dataset {args.data}, windows at {every}",
             "dataset": str(Path(args.data).resolve()),
             "dataset_sha256": ds.fingerprint()["sha256"],
@@ -202,6 +210,8 @@ def build_inputs(args: argparse.Namespace, ckpt: Checkpoint) -> tuple[DTInputs |
             if any(t is not None for t in dataset_targets(ds))
             else "the achieved return-to-go of each episode",
         }
+        used = ds if args.episodes == ds.n_episodes else ds.select_episodes(range(args.episodes))
+        return inputs, source, used
     if args.trajectory is not None:
         ds = load_dataset(args.trajectory)
         where = f"trajectory {args.trajectory!r}"
@@ -219,16 +229,17 @@ def build_inputs(args: argparse.Namespace, ckpt: Checkpoint) -> tuple[DTInputs |
         episode = play_episode(ckpt, args.rtg, seed, progress=True)
         description = f"rollout at target return {args.rtg:g}, env seed {seed}"
     else:
-        return None, {"description": "none: the analysis reads the weights only"}
+        return None, {"description": "none: the analysis reads the weights only"}, None
     step = episode.length - 1 if args.step is None else args.step
     if not 0 <= step < episode.length:
         raise EpisodeError(f"--step {step} is outside the episode's steps 0..{episode.length - 1}")
-    return episode.window(ckpt, step), {
+    source = {
         "description": description,
         "episode": episode.provenance(),
         "steps": [step],
         "conditioning": episode.conditioning(),
     }
+    return episode.window(ckpt, step), source, None
 
 
 def format_plugin_list(registry: Registry, width: int = 100) -> str:
@@ -244,7 +255,7 @@ def format_plugin_list(registry: Registry, width: int = 100) -> str:
         if not plugins:
             lines.append("  (none)")
         for p in plugins:
-            flag = "  [needs --edit]" if p.needs_counterfactual else ""
+            flag = "  [needs --edit]" if p.needs_edits(p.resolve_params()) else ""
             lines.append(f"  {p.id:<28} {p.title}{flag}")
             lines.extend(wrap(p.description, 6))
             for q in p.parameters:

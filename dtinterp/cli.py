@@ -30,6 +30,10 @@ from dtinterp.limits import (
     MAX_EVAL_EPISODES,
     MAX_NUM_ENVS,
     MAX_POINTS,
+    MAX_SAE_BATCH,
+    MAX_SAE_LATENTS,
+    MAX_SAE_STEPS,
+    MAX_SAE_WINDOWS,
     MAX_WORKERS,
 )
 
@@ -59,6 +63,7 @@ _COMMANDS = {
     "models": "dtinterp.model.shipped:cmd_models",
     "analyze": "dtinterp.analyze:cmd_analyze",
     "directions": "dtinterp.directions_cli:cmd_directions",
+    "sae": "dtinterp.sae_cli:cmd_sae",
     "data export-minari": "dtinterp.data.minari_io:cmd_export_minari",
     "data import-minari": "dtinterp.data.minari_io:cmd_import_minari",
     "sweep": "dtinterp.scale.sweep:cmd_sweep",
@@ -238,6 +243,39 @@ def build_parser(load: Collection[str] = ()) -> argparse.ArgumentParser:
 
     add_direction_arguments(r)
     r.set_defaults(command_key="directions")
+
+    s = sub.add_parser("sae", help="train a sparse autoencoder on a model's activations, or describe one")
+    ssub = s.add_subparsers(dest="sae_command", metavar="SUBCOMMAND", parser_class=ArgumentParser)
+    ssub.required = True
+    st = ssub.add_parser("train", help="harvest activations, train, evaluate and save a TopK SAE")
+    st.add_argument("model", help="shipped model name or checkpoint directory")
+    st.add_argument("--data", required=True, metavar="FILE", help="dataset .npz whose windows are harvested")
+    st.add_argument("--episodes", type=_positive_int, default=None, help="use the first N episodes (all)")
+    st.add_argument("--hook", required=True, help="hook the SAE reads, e.g. blocks.1.hook_resid_post")
+    st.add_argument("--token", choices=["S", "R", "A", "all"], default="S", help="tokens harvested (S)")
+    st.add_argument(
+        "--max-windows", type=_int_in(1, MAX_SAE_WINDOWS), default=20_000, help="windows, thinned (20000)"
+    )
+    st.add_argument("--latents", type=_int_in(1, MAX_SAE_LATENTS), default=1024, help="dictionary size")
+    st.add_argument("--k", type=_int_in(1, MAX_SAE_LATENTS), default=16, help="latents kept per token")
+    st.add_argument("--steps", type=_int_in(1, MAX_SAE_STEPS), default=2000, help="optimiser steps")
+    st.add_argument("--batch-size", type=_int_in(1, MAX_SAE_BATCH), default=4096, help="tokens per step")
+    st.add_argument("--lr", type=_finite_float, default=1e-3, help="Adam learning rate (1e-3)")
+    st.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the initialisation and batches")
+    st.add_argument(
+        "--play",
+        type=_int_in(0, MAX_EVAL_EPISODES),
+        default=0,
+        help="seeded episodes played with and without the SAE spliced in (0: none)",
+    )
+    st.add_argument("--play-seed", type=_nonneg_int, default=1000, help="first env seed of --play")
+    st.add_argument("--rtg", type=_finite_float, default=1.0, help="target return of --play")
+    st.add_argument("--out", required=True, metavar="DIR", help="directory of sae.safetensors + sae.json")
+    st.add_argument("--force", action="store_true", help="replace the SAE already in --out")
+    st.set_defaults(command_key="sae")
+    si = ssub.add_parser("info", help="what an SAE directory holds")
+    si.add_argument("directory", help="directory written by dtinterp sae train")
+    si.set_defaults(command_key="sae")
 
     m = sub.add_parser("models", help="list the shipped agents")
     m.add_argument("--dir", default=None, help="models directory (default: trained_models/)")

@@ -24,7 +24,9 @@ can make numpy or torch ask for more memory than the work needs:
   points are capped by :data:`MAX_COLLECT_EPISODES`, :data:`MAX_WORKERS`, :data:`MAX_EVAL_EPISODES`,
   :data:`MAX_NUM_ENVS` and :data:`MAX_POINTS`;
 - the windows of one analysis are bounded by the memory of their activation cache,
-  :data:`MAX_CACHE_BYTES` (see :func:`cache_bytes_per_window`).
+  :data:`MAX_CACHE_BYTES` (see :func:`cache_bytes_per_window`);
+- an SAE's dictionary, steps, batch and harvested windows by :data:`MAX_SAE_LATENTS`,
+  :data:`MAX_SAE_STEPS`, :data:`MAX_SAE_BATCH` and :data:`MAX_SAE_WINDOWS`.
 """
 
 from __future__ import annotations
@@ -56,6 +58,13 @@ MAX_NUM_ENVS = 4096
 MAX_POINTS = 1001
 #: Most memory the activation cache of one analysis run may take.
 MAX_CACHE_BYTES = 4 * 2**30
+#: Largest dictionary of ``dtinterp sae train`` (65,536 latents of width 1,024: 512 MB of weights).
+MAX_SAE_LATENTS = 65_536
+#: Most optimiser steps and tokens per step of ``dtinterp sae train``.
+MAX_SAE_STEPS = 10_000_000
+MAX_SAE_BATCH = 65_536
+#: Most windows ``dtinterp sae train`` harvests (the store on disk holds one activation per token).
+MAX_SAE_WINDOWS = 10_000_000
 
 
 def _fmt(value: Any) -> str:

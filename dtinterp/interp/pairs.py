@@ -20,6 +20,11 @@ that differ in the input whose effect is studied. Three sources:
   identical in both runs and are left out. Other envs have no env-level pair: a one-line
   :class:`PairError`.
 
+The same re-simulation tells what a Memory window pins down of the episode it comes from
+(:func:`window_facts`): the cue object, the correct side and the agent's pose (:mod:`envs.facts` names),
+wherever every layout and pose that reproduce the window agree on them (a window that never shows the cue
+leaves the cue open). Hypothesis tests and steering vectors read them as features of the windows.
+
 :func:`check_pair` is the one check every pair passes (and :func:`make_pair` applies to any two batches,
 e.g. windows of two trajectory files): the same number of windows, the same context length, the same
 observation grid (the same env) and the same padding (patching position p only means something if p is a
@@ -278,6 +283,20 @@ class _MemoryWorld:
             grids.append(g), dirs.append(d)
         return np.stack(grids), np.asarray(dirs)
 
+    def states_of(
+        self, obs: np.ndarray, dirs: np.ndarray, actions: np.ndarray
+    ) -> set[tuple[tuple[str, str], tuple[int, int, int]]]:
+        """Every ``(layout, pose)`` in which a window's real timesteps (``obs [n, W, H, 3]``, ``actions [n - 1]``)
+        are reproduced through its actions: the layout ``(cue type, upper end type)`` and the agent's pose
+        ``(x, y, direction)`` at the window's last step."""
+        out = set()
+        with self.lock:
+            for layout, pos, d in self.by_view.get(self._key(obs[0], dirs[0]), []):
+                if all(map(np.array_equal, self._replay(layout, pos, d, actions), (obs, dirs))):
+                    x, y = (int(v) for v in self.base.agent_pos)
+                    out.add((layout, (x, y, int(self.base.agent_dir))))
+        return out
+
     def other_cue(self, obs: np.ndarray, dirs: np.ndarray, actions: np.ndarray, b: int) -> np.ndarray:
         """The real timesteps of window ``b`` (``obs [n, W, H, 3]``, ``actions [n - 1]``) re-simulated with
         the other cue object."""
@@ -308,6 +327,42 @@ def _memory_world(spec: EnvSpec) -> _MemoryWorld:
     return _MemoryWorld(spec)
 
 
+#: The facts :func:`window_facts` reads off Memory windows (:mod:`envs.facts` names), at the last step.
+WINDOW_FACTS = ("cue_object", "correct_side", "agent_x", "agent_y", "agent_dir")
+
+
+def window_facts(inputs: DTInputs, env_spec: EnvSpec | None) -> dict[str, np.ndarray]:
+    """What each window pins down of its episode: ``{fact: [B] int64}`` at its last step, ``-1`` where open.
+
+    Memory (the envs :func:`env_pair` re-simulates): ``cue_object`` (0 key, 1 ball), ``correct_side`` (0 up,
+    1 down) and the agent's pose ``agent_x``, ``agent_y``, ``agent_dir`` (:mod:`envs.facts`), read off every
+    layout and pose that reproduce the window's observations through its actions; where these disagree (the
+    cue never in view) or none does (an edited window), ``-1``. Other envs: a :class:`PairError`.
+    """
+    if env_spec is None:
+        raise PairError("window facts re-simulate the model's env, but the model records no env")
+    world = _memory_world(env_spec)
+    obs = inputs.obs.cpu().numpy()
+    dirs = inputs.directions.cpu().numpy()
+    actions = inputs.actions.cpu().numpy()
+    pad = inputs.pad_mask.cpu().numpy()
+    out = {name: np.full(inputs.batch_size, -1, dtype=np.int64) for name in WINDOW_FACTS}
+    for b in range(inputs.batch_size):
+        real = np.flatnonzero(pad[b])
+        states = world.states_of(obs[b, real], dirs[b, real], actions[b, real[:-1]])
+        values = {
+            "cue_object": {int(cue == "ball") for (cue, _), _ in states},
+            "correct_side": {int(cue != upper) for (cue, upper), _ in states},  # matching end up: side 0
+            "agent_x": {pose[0] for _, pose in states},
+            "agent_y": {pose[1] for _, pose in states},
+            "agent_dir": {pose[2] for _, pose in states},
+        }
+        for name, seen in values.items():
+            if len(seen) == 1:
+                out[name][b] = seen.pop()
+    return out
+
+
 def build_pair(
     source: str,
     inputs: DTInputs,
@@ -329,6 +384,7 @@ def build_pair(
 
 __all__ = [
     "ENV_CHANGES",
+    "WINDOW_FACTS",
     "PAIR_SOURCES",
     "Pair",
     "PairError",
@@ -338,4 +394,5 @@ __all__ = [
     "env_pair",
     "make_pair",
     "resample_pair",
+    "window_facts",
 ]

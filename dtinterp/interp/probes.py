@@ -69,6 +69,8 @@ from dtinterp.interp.activation_store import ActivationStore
 from dtinterp.interp.directions import SavedDirection
 
 EDIT_MODES = ("set", "add", "reflect")
+#: Probe kinds: logistic regression on classes, or ridge regression on values.
+KINDS = ("categorical", "scalar")
 #: What a probe's direction is made of: its weights (the classifier's normal) or its class means.
 BASES = ("weights", "means")
 CONTROLS = ("type", "shuffle")
@@ -329,6 +331,11 @@ class ProbeGrid:
         return rows
 
 
+def fact_kind(values: np.ndarray) -> str:
+    """``categorical`` for an integer fact (:mod:`envs.facts` stores classes as int16), else ``scalar``."""
+    return "categorical" if values.dtype.kind in "iu" else "scalar"
+
+
 def split_episodes(n_episodes: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
     """A seeded random split of episode indices into (train, test), each sorted and non-empty."""
     if n_episodes < 2:
@@ -413,13 +420,16 @@ def train_probes(
     l2: float = 1e-3,
     max_iter: int = 200,
     token_mask: np.ndarray | None = None,
+    kind: str | None = None,
 ) -> ProbeGrid:
     """Fit and score a probe for ``fact`` at every hook (default: all stored) and stored position.
 
     ``ds`` is the dataset the store was harvested from (its facts give the labels). ``control`` is
     ``type`` (Hewitt & Liang's random label per observation type) or ``shuffle`` (labels permuted across
     all tokens). ``token_mask`` (bool ``[W, Kp]``) keeps only some stored tokens, in training and testing
-    alike (e.g. windows whose context holds what the fact needs).
+    alike (e.g. windows whose context holds what the fact needs). ``kind`` (:data:`KINDS`) overrides the
+    probe the fact's type calls for: ``scalar`` reads a categorical fact's values as numbers (ridge, R²),
+    ``categorical`` an integer-valued scalar fact's values as classes (logistic, accuracy).
     """
     if fact not in ds.facts:
         have = (
@@ -429,10 +439,16 @@ def train_probes(
         raise ProbeError(f"the dataset has no fact {fact!r}; it has {have}")
     if control not in CONTROLS:
         raise ProbeError(f"control must be one of {CONTROLS}, got {control!r}")
+    if kind is not None and kind not in KINDS:
+        raise ProbeError(f"kind must be one of {KINDS}, got {kind!r}")
     store.check_fits(ds=ds)
     hooks = store.hooks if hooks is None else list(hooks)
     values = ds.facts[fact]
-    kind = "categorical" if values.dtype.kind in "iu" else "scalar"
+    kind = kind or fact_kind(values)
+    if kind == "categorical" and values.dtype.kind == "f":
+        if not np.array_equal(values, np.round(values)):
+            raise ProbeError(f"{fact} takes non-integer values: it has no classes for a categorical probe")
+        values = values.astype(np.int64)
     rows = store.rows().numpy()  # [W, Kp]
     episode = store.ends()[:, 0].numpy()  # [W]
     ep_ids = np.unique(episode)
@@ -581,10 +597,12 @@ __all__ = [
     "BASES",
     "CONTROLS",
     "EDIT_MODES",
+    "KINDS",
     "DirectionEdit",
     "LinearProbe",
     "ProbeError",
     "ProbeGrid",
+    "fact_kind",
     "fit_probe",
     "observation_types",
     "split_episodes",

@@ -36,12 +36,18 @@ HuggingFace ``PreTrainedModel`` layers, its package imports ``transformers``, ``
 store, training loop, metrics, splicing and files would still be ours. This module is the same recipe in
 one file with no new dependency.
 
+**Naming one feature.** ``sae:DIR#F`` names latent ``F`` of the SAE saved in ``DIR`` (no whitespace or
+``@`` in ``DIR``): the Play tab's interventions (:mod:`dtinterp.interp.interventions`) and the feature
+dashboard take it. :func:`load_feature` reads it, keeping the last few SAEs read (keyed by path, size and
+modification time, so a rewritten SAE is read again).
+
 **Invariants** (tested): an SAE built to be exact (``W_enc = [I, -I]``, ``W_dec = [I; -I]``, ``k = d``)
 reconstructs every activation, so splicing it in changes nothing; save -> load gives the same outputs.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -68,6 +74,8 @@ from dtinterp.model.checkpoint import atomic_write_bytes, atomic_write_text
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "sae.safetensors"
 CONFIG_FILE = "sae.json"
+#: How a feature is named in text: ``sae:DIR#F`` (:func:`load_feature`).
+FEATURE_PREFIX = "sae:"
 
 
 class SAEError(DtinterpError):
@@ -261,6 +269,38 @@ class TopKSAE(nn.Module):
             ) from None
         sae.log, sae.metrics = doc.get("log", {}), doc.get("metrics", {})
         return sae.eval()
+
+
+def feature_ref(directory: str | os.PathLike, feature: int) -> str:
+    """The text ``sae:DIR#F`` that names latent ``feature`` of the SAE saved in ``directory``."""
+    return f"{FEATURE_PREFIX}{directory}#{int(feature)}"
+
+
+def load_feature(text: str) -> tuple[TopKSAE, int]:
+    """The SAE and latent index named by ``sae:DIR#F``; a bad name, file or index is one :class:`SAEError`."""
+    raw = str(text).strip()
+    body = raw[len(FEATURE_PREFIX) :] if raw.startswith(FEATURE_PREFIX) else ""
+    directory, sep, index = body.rpartition("#")
+    if not sep or not directory or not index.isdigit():
+        raise SAEError(
+            f"{raw!r} does not name an SAE feature: expected {FEATURE_PREFIX}DIR#F, e.g. sae:runs/sae#17"
+        )
+    path = Path(directory).expanduser()
+    try:
+        st = (path / WEIGHTS_FILE).stat()
+    except OSError as exc:
+        raise SAEError(f"cannot read the SAE in {path}: {exc}") from None
+    sae = _load_cached(str(path.resolve()), st.st_mtime_ns, st.st_size)
+    feature = int(index)
+    if feature >= sae.cfg.n_latents:
+        raise SAEError(f"{raw!r}: the SAE in {path} has latents 0..{sae.cfg.n_latents - 1}, not {feature}")
+    return sae, feature
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str, mtime_ns: int, size: int) -> TopKSAE:
+    """:meth:`TopKSAE.load`, once per version of the file (the Play tab parses its intervention every step)."""
+    return TopKSAE.load(path).requires_grad_(False)
 
 
 def _batches(source: ActivationStore | Tensor, hook: str, batch_size: int, seed: int) -> Iterator[Tensor]:
@@ -459,6 +499,9 @@ __all__ = [
     "SAEMetrics",
     "SAETrainConfig",
     "TopKSAE",
+    "FEATURE_PREFIX",
     "evaluate_sae",
+    "feature_ref",
+    "load_feature",
     "train_sae",
 ]

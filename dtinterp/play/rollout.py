@@ -119,14 +119,19 @@ def rollout(
     on_episode: Callable[[EpisodeResult], None] | None = None,
     inspect: InputsHook | None = None,
     hooks: ForwardHooks = (),
+    max_steps: int | None = None,
 ) -> list[EpisodeResult]:
     """Play one episode per seed at ``target_rtg`` in the checkpoint's env, ``num_envs`` at a time.
 
     Results come in seed-list order. ``on_episode`` is called as each episode finishes (e.g. to advance
     a shared progress bar); ``inspect`` sees every batch exactly as the model is called with it;
     ``hooks`` are attached to the model for the whole rollout (ablations and patches played out).
+    ``max_steps`` cuts every episode after that many steps (marked truncated, its return so far), before
+    the env's own step limit; the env and its rewards are unchanged.
     """
     _check_args(seeds, num_envs)
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     model, spec = checkpoint.model, checkpoint.env_spec
     cfg = model.cfg
     device = model.W_U.device
@@ -212,6 +217,7 @@ def rollout(
                     slot_rtg[s] -= reward
                     slot_ret[s] += reward
                     slot_t[s] += 1
+                    truncated = truncated or (max_steps is not None and slot_t[s] >= max_steps)
                     if terminated or truncated:
                         i = slot_ep[s]
                         results[i] = EpisodeResult(

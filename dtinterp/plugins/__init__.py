@@ -8,6 +8,7 @@ from dtinterp.plugins.api import (
     AnalysisResult,
     Param,
     ParameterError,
+    PlayIntervention,
     PluginError,
     PluginFailure,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "AnalysisResult",
     "Param",
     "ParameterError",
+    "PlayIntervention",
     "PluginError",
     "PluginFailure",
 ]

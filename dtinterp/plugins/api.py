@@ -23,8 +23,8 @@ import math
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from dtinterp.model.checkpoint import Checkpoint
 from dtinterp.model.hooked_dt import HookedDecisionTransformer
 from dtinterp.model.inputs import DTInputs, token_labels
 from envs.encoding import ACTION_NAMES
+
+if TYPE_CHECKING:
+    from dtinterp.data.dataset import TrajectoryDataset
 
 Category = Literal["static", "dynamic", "causal"]
 CATEGORIES: tuple[str, ...] = ("static", "dynamic", "causal")
@@ -187,6 +190,19 @@ def describe_param_type(p: Mapping[str, Any], action_names: Sequence[str] | None
     return str(p["type"])
 
 
+@dataclass(frozen=True)
+class PlayIntervention:
+    """An intervention a result suggests trying while the model plays: a button label and one line of the
+    Play tab's syntax (:mod:`dtinterp.interp.interventions`), e.g. ``steer: saved:cue @ blocks.0.hook_resid_mid x 4``.
+
+    :func:`~dtinterp.plugins.run.run_analysis` checks that each line parses against the model; reports list
+    them and the app's Analyses tab shows one button each, which fills in the Play tab's intervention.
+    """
+
+    label: str
+    text: str
+
+
 @dataclass
 class AnalysisResult:
     """What ``compute`` returns: named arrays/tables/numbers plus the parameters that made them."""
@@ -195,15 +211,21 @@ class AnalysisResult:
     params: dict[str, Any]
     data: dict[str, Any]
     summary: str = ""
+    interventions: list[PlayIntervention] = field(default_factory=list)
+    """Interventions worth trying in the Play tab (e.g. ablating or steering with a feature found)."""
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict: tensors and arrays become nested lists, dataframes lists of records."""
-        return {
+        """A JSON-able dict: tensors and arrays become nested lists, dataframes lists of records; the
+        suggested interventions under ``interventions`` when there are any."""
+        out = {
             "plugin_id": self.plugin_id,
             "params": _jsonable(self.params),
             "summary": self.summary,
             "data": _jsonable(self.data),
         }
+        if self.interventions:
+            out["interventions"] = [{"label": i.label, "text": i.text} for i in self.interventions]
+        return out
 
 
 def _jsonable(x: Any) -> Any:
@@ -234,6 +256,11 @@ class AnalysisContext:
     is a batch of context windows (batch 1 for a single trajectory step), or None for a static analysis
     (weights only). ``edits`` are applied to a copy to form ``counterfactual``. Forward passes run lazily
     under ``torch.inference_mode`` and are memoised; hooks live only for one ``run_with_cache`` call.
+
+    ``dataset`` is the dataset the windows were built from, cut to the episodes they cover (``--data F
+    --episodes N``: its first N episodes), for an analysis that needs what windows do not hold: the env's
+    ground-truth facts at every step (:mod:`envs.facts`), or more windows than one cache should. It is None
+    when the windows come from one episode (a trajectory, a rollout, the app's Play tab).
     """
 
     def __init__(
@@ -243,6 +270,7 @@ class AnalysisContext:
         meta: Mapping[str, Any] | None = None,
         edits: Sequence[Edit] = (),
         description: str = "",
+        dataset: TrajectoryDataset | None = None,
     ):
         if isinstance(model, Checkpoint):
             self.checkpoint = model
@@ -256,6 +284,7 @@ class AnalysisContext:
         self.meta = self.checkpoint.meta
         self.edits = list(edits)
         self.description = description
+        self.dataset = dataset
         if self.edits and self.inputs is None:
             raise PluginError("edits need inputs to apply to")
         self.counterfactual = apply_edits(self.inputs, self.edits, self.rtg_scale) if self.edits else None
@@ -351,6 +380,16 @@ class Analysis(abc.ABC):
     needs_counterfactual: ClassVar[bool] = False
     """True if ``compute`` reads ``ctx.counterfactual`` (the app then asks for an edit)."""
 
+    min_windows: ClassVar[int] = 1
+    """The fewest windows ``compute`` can work with (causal scrubbing draws other windows: 2); the app then
+    starts it on every step of the episode."""
+
+    def needs_edits(self, params: Mapping[str, Any]) -> bool:
+        """True if a run with the resolved ``params`` cannot go without edits (the CLI and ``run_analysis``
+        refuse it then). By default ``needs_counterfactual``; a plugin that can build its own counterfactual
+        (e.g. the causal plugins with ``pair=env``) says when it does not need them."""
+        return self.needs_counterfactual
+
     @abc.abstractmethod
     def compute(self, ctx: AnalysisContext, params: dict[str, Any]) -> AnalysisResult:
         """The numbers of the analysis on ``ctx`` with resolved ``params``."""
@@ -416,6 +455,7 @@ class Analysis(abc.ABC):
             "category": cls.category,
             "description": cls.description,
             "needs_counterfactual": cls.needs_counterfactual,
+            "min_windows": cls.min_windows,
             "parameters": [p.to_dict() for p in cls.parameters],
         }
 

@@ -3,8 +3,8 @@
 A report is one file that opens offline: plotly.js is embedded once, inline, and each figure is a
 ``<div id="figure-N">`` drawn from its JSON. Sections: the analysis (title, id, category, description),
 its parameters, the model (checkpoint path, weights digest, env, architecture), the inputs (source,
-episode, step, edits), the result's summary, the figures, and the run's provenance as JSON (enough to
-rerun it). All text is HTML-escaped; the same arguments always give the same bytes (no timestamps).
+episode, step, edits), the result's summary, the Play-tab interventions it suggests (if any), the
+figures, and the run's provenance as JSON (enough to rerun it). All text is HTML-escaped; the same arguments always give the same bytes (no timestamps).
 """
 
 from __future__ import annotations
@@ -47,6 +47,14 @@ def _kv_table(rows: Mapping[str, Any]) -> str:
     return f"<table>{body}</table>"
 
 
+def _interventions_table(interventions: Sequence[Sequence[str]]) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(label)}</th><td><code>{html.escape(text)}</code></td></tr>"
+        for label, text in interventions
+    )
+    return f'<table class="interventions">{rows}</table>'
+
+
 def _params_table(declared: Sequence[Mapping[str, Any]], values: Mapping[str, Any]) -> str:
     if not declared:
         return "<p>This analysis has no parameters.</p>"
@@ -67,13 +75,15 @@ def render_report(
     summary: str,
     figures: Sequence[go.Figure],
     provenance: Mapping[str, Any] | None = None,
+    interventions: Sequence[Sequence[str]] = (),
 ) -> str:
     """The report as one HTML document.
 
     ``plugin`` is :meth:`~dtinterp.plugins.api.Analysis.describe` of the analysis, ``params`` the resolved
     parameter values, ``model_info`` / ``inputs_info`` flat ``name -> value`` descriptions, ``figures``
     plotly figures (each becomes ``<div id="figure-N">``), ``provenance`` the run's provenance
-    (:class:`dtinterp.plugins.run.AnalysisRun`), shown as JSON at the end.
+    (:class:`dtinterp.plugins.run.AnalysisRun`), shown as JSON at the end, ``interventions`` the
+    ``(label, line)`` pairs the result suggests trying in the Play tab (a section when there are any).
     """
     title = f"{plugin['title']} — dtinterp report"
     fig_divs = "\n".join(
@@ -107,6 +117,15 @@ def render_report(
         _kv_table(inputs_info),
         "<h2>Summary</h2>",
         f'<pre class="summary">{html.escape(summary or "(no summary)")}</pre>',
+        *(
+            [
+                "<h2>Try it while the model plays</h2>",
+                "<p>Paste a line into the app's Play tab (Intervention while the DT plays):</p>",
+                _interventions_table(interventions),
+            ]
+            if interventions
+            else []
+        ),
         f"<h2>Figures ({len(figures)})</h2>",
         fig_divs or "<p>This analysis made no figures.</p>",
         *(

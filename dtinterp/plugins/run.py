@@ -28,10 +28,13 @@ from typing import Any
 import plotly.graph_objects as go
 
 import dtinterp
+from dtinterp.data.dataset import TrajectoryDataset
+from dtinterp.errors import DtinterpError
 from dtinterp.interp.edits import Edit, apply_edits, parse_edit
+from dtinterp.interp.interventions import parse_intervention
 from dtinterp.model.checkpoint import Checkpoint
 from dtinterp.model.inputs import DTInputs
-from dtinterp.plugins.api import Analysis, AnalysisContext, AnalysisResult, PluginError
+from dtinterp.plugins.api import Analysis, AnalysisContext, AnalysisResult, PlayIntervention, PluginError
 from dtinterp.plugins.registry import Registry, get_registry
 
 TARGET_CLEAN, TARGET_EDITED = "clean", "edited"
@@ -91,6 +94,7 @@ class AnalysisRun:
             summary=self.result.summary,
             figures=figs,
             provenance=self.provenance,
+            interventions=[(i.label, i.text) for i in self.result.interventions],
         )
 
 
@@ -111,24 +115,27 @@ def run_analysis(
     registry: Registry | None = None,
     contexts: ContextFactory | None = None,
     progress: Callable[[int, str], None] | None = None,
+    dataset: TrajectoryDataset | None = None,
 ) -> AnalysisRun:
     """Run ``analysis`` on ``inputs`` (windows of ``checkpoint``'s model; None for a static analysis).
 
     ``params`` are raw values (CLI text or Python values) validated by the plugin's declarations;
     ``edits`` edit objects or strings; ``target`` :data:`TARGET_CLEAN` or :data:`TARGET_EDITED`;
     ``source`` the provenance of the windows (the episode or dataset and the steps, see
-    :meth:`dtinterp.data.episode.Episode.provenance`). Bad input and failing plugins raise one-line
+    :meth:`dtinterp.data.episode.Episode.provenance`); ``dataset`` the dataset the windows were built from,
+    cut to their episodes (:class:`~dtinterp.plugins.api.AnalysisContext`'s ``dataset``; a ``contexts``
+    factory builds its own contexts). Bad input and failing plugins raise one-line
     :class:`~dtinterp.errors.DtinterpError` subclasses.
     """
     report = progress or (lambda _i, _text: None)
     registry = registry or get_registry()
     report(0, STAGES[0])
     plugin = analysis if isinstance(analysis, Analysis) else registry.get(analysis)
-    plugin.resolve_params(params, checkpoint)  # a bad parameter fails before any work
+    resolved = plugin.resolve_params(params, checkpoint)  # a bad parameter fails before any work
     edit_list = parse_edits(edits)
     if target not in TARGETS:
         raise PluginError(f"target {target!r} must be one of {', '.join(TARGETS)}")
-    if plugin.needs_counterfactual and not edit_list:
+    if plugin.needs_edits(resolved) and not edit_list:
         raise PluginError(f"analysis {plugin.id!r} compares against a counterfactual: give at least one edit")
     if target == TARGET_EDITED and not edit_list and not plugin.needs_counterfactual:
         raise PluginError("the edited windows were asked for but no edits were given")
@@ -163,11 +170,12 @@ def run_analysis(
     factory = contexts
     if factory is None:
         factory = lambda i, e: contextlib.nullcontext(  # noqa: E731
-            AnalysisContext(checkpoint, i, edits=e, description=description)
+            AnalysisContext(checkpoint, i, edits=e, description=description, dataset=dataset)
         )
     with factory(ctx_inputs, ctx_edits) as ctx:
         result = registry.run(plugin.id, ctx, params)
         ctx.check_finite()  # a result computed from NaN or inf activations is not reported
+    check_interventions(plugin.id, result, checkpoint, ctx_inputs)
 
     report(3, STAGES[3])
     figures = registry.figures(plugin.id, result)
@@ -199,6 +207,24 @@ def run_analysis(
     inputs_info = {"runs on": what, **describe_source(source)}
     inputs_info["edits"] = ", ".join(edit_text) if edit_text else "none"
     return AnalysisRun(plugin, result, figures, provenance, inputs_info, checkpoint.describe())
+
+
+def check_interventions(
+    plugin_id: str, result: AnalysisResult, checkpoint: Checkpoint, inputs: DTInputs | None
+) -> None:
+    """One-line :class:`PluginError` unless every Play-tab intervention ``result`` suggests parses against
+    ``checkpoint``'s model (a button never fills in a line the Play tab would refuse)."""
+    for suggestion in result.interventions:
+        if not isinstance(suggestion, PlayIntervention):
+            raise PluginError(
+                f"plugin {plugin_id!r}: suggested interventions must be PlayIntervention objects"
+            )
+        try:
+            parse_intervention(suggestion.text, checkpoint, inputs)
+        except DtinterpError as exc:
+            raise PluginError(
+                f"plugin {plugin_id!r} suggested an intervention that does not parse: {exc}"
+            ) from None
 
 
 def describe_source(source: Mapping[str, Any]) -> dict[str, Any]:
@@ -238,6 +264,7 @@ __all__ = [
     "TARGET_CLEAN",
     "TARGET_EDITED",
     "AnalysisRun",
+    "check_interventions",
     "describe_source",
     "parse_edits",
     "run_analysis",

@@ -8,7 +8,8 @@ hover names it) beside a heatmap of the strongest ones, and a leading ``patch_ty
 per type. Token axes carry the token labels (``R3``, ``S3``, ``A3``) and leave out tokens padded in every
 window. Signed values get a red-blue scale symmetric about 0. :func:`interval_lines` and
 :func:`interval_bars` draw means with asymmetric confidence intervals (bootstrap and Wilson intervals are
-not symmetric).
+not symmetric). :func:`estimate_scatter` sets an estimate (attribution patching) against the exact effect
+it estimates, one point per patch, with the line where they agree.
 """
 
 from __future__ import annotations
@@ -205,4 +206,51 @@ def interval_bars(
     return _titled(finish(fig, title, x_title, y_title, height=height), title, subtitle)
 
 
-__all__ = ["interval_bars", "interval_lines", "sweep_figures"]
+def estimate_scatter(
+    estimate: Sequence[float],
+    exact: Sequence[float],
+    labels: Sequence[str],
+    *,
+    title: str,
+    subtitle: str = "",
+    x_title: str,
+    y_title: str,
+    height: int | None = 560,
+) -> go.Figure:
+    """One point per patch at ``(exact, estimate)`` (hover: its label), beside the line ``y = x`` on which a
+    perfect estimate lies. Axes share one range so the line is the diagonal."""
+    x, y = np.asarray(exact, dtype=float), np.asarray(estimate, dtype=float)
+    if x.shape != y.shape or len(labels) != x.size:
+        raise ValueError(f"{x.size} exact values, {y.size} estimates and {len(labels)} labels differ")
+    finite = np.concatenate([x[np.isfinite(x)], y[np.isfinite(y)], [0.0]])
+    lo, hi = float(finite.min()), float(finite.max())
+    pad = 0.05 * (hi - lo or 1.0)
+    span = [lo - pad, hi + pad]
+    scatter = go.Scattergl if x.size > 2000 else go.Scatter
+    fig = go.Figure(
+        [
+            go.Scatter(
+                x=span,
+                y=span,
+                mode="lines",
+                name="estimate = exact",
+                line={"color": "grey", "dash": "dash", "width": 1},
+                hoverinfo="skip",
+            ),
+            scatter(
+                x=x,
+                y=y,
+                mode="markers",
+                name="one patch",
+                text=list(labels),
+                marker={"color": color(0), "size": 6, "opacity": 0.7},
+                hovertemplate="%{text}<br>exact %{x:.4g}<br>estimate %{y:.4g}<extra></extra>",
+            ),
+        ]
+    )
+    fig.update_xaxes(range=span, zeroline=True)
+    fig.update_yaxes(range=span, zeroline=True, scaleanchor="x", scaleratio=1)
+    return _titled(finish(fig, title, x_title, y_title, height=height), title, subtitle)
+
+
+__all__ = ["estimate_scatter", "interval_bars", "interval_lines", "sweep_figures"]

@@ -83,6 +83,38 @@ def histogram(
     return finish(fig, title, x_title, y_title, height=height)
 
 
+def binned_histogram(
+    edges: Float[np.ndarray, "nb1"],
+    counts: Float[np.ndarray, "nb"],
+    *,
+    title: str,
+    x_title: str,
+    y_title: str = "count",
+    log_y: bool = False,
+    height: int | None = None,
+) -> go.Figure:
+    """A histogram already binned: ``counts[i]`` values in ``[edges[i], edges[i + 1])``; ``log_y`` for
+    counts spanning orders of magnitude (a sparse feature's zeros beside its rare firings)."""
+    edges, counts = np.asarray(edges, dtype=float), np.asarray(counts, dtype=float)
+    if edges.shape != (counts.shape[0] + 1,):
+        raise ValueError(
+            f"binned_histogram needs one more edge than counts, got {edges.shape} and {counts.shape}"
+        )
+    fig = go.Figure(
+        go.Bar(
+            x=(edges[:-1] + edges[1:]) / 2,
+            y=counts,
+            width=np.diff(edges),
+            marker={"color": color(0)},
+            customdata=np.stack([edges[:-1], edges[1:]], 1),
+            hovertemplate="[%{customdata[0]:.4g}, %{customdata[1]:.4g}): %{y}<extra></extra>",
+        )
+    )
+    if log_y:
+        fig.update_yaxes(type="log")
+    return finish(fig, title, x_title, y_title + (" (log scale)" if log_y else ""), height=height)
+
+
 def bar_panels(
     labels: Sequence[str],
     panels: Mapping[str, Float[np.ndarray, "n"]],

@@ -320,8 +320,16 @@ def test_every_registered_plugin_runs_and_reports(traj) -> None:
     stages: list[int] = []
     for pid, plugin in registry.plugins.items():
         stages.clear()
+        windows = analyses.WINDOWS_EPISODE if plugin.min_windows > 1 else analyses.WINDOWS_STEP  # as the tab
         r = analyses.run_in_app(
-            MODEL, traj, 5, pid, {}, edits=["R*=0.0"], progress=lambda i, _text: stages.append(i)
+            MODEL,
+            traj,
+            5,
+            pid,
+            {},
+            windows=windows,
+            edits=["R*=0.0"],
+            progress=lambda i, _text: stages.append(i),
         )
         assert r["ok"], (pid, r["message"])
         assert r["figures"] and all(isinstance(f, go.Figure) for f in r["figures"]), pid

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from dtinterp.interp.ablation import ablated
+from dtinterp.interp.directions import DirectionLibrary, SavedDirection
 from dtinterp.interp.interventions import InterventionError, parse_intervention
+from dtinterp.interp.sae import SAEConfig, TopKSAE
 from dtinterp.model.checkpoint import Checkpoint
 from tests.plugins.conftest import META, _cached_windows, _random_model
 
@@ -70,4 +74,68 @@ def test_bad_lines_are_one_line_errors(ckpt, line, fragment, monkeypatch, tmp_pa
     monkeypatch.setenv("DTINTERP_DIRECTIONS_DIR", str(tmp_path))
     with pytest.raises(InterventionError, match=fragment) as err:
         parse_intervention(line, ckpt)
+    assert "\n" not in str(err.value)
+
+
+@pytest.fixture
+def sae_dir(ckpt, tmp_path) -> str:
+    sae = TopKSAE(
+        SAEConfig(d_in=32, n_latents=8, k=3, hook="blocks.1.hook_resid_mid", positions=[1, 4, 7, 10])
+    )
+    with torch.inference_mode():
+        _, cache = ckpt.model.run_with_cache(_cached_windows(4, 4, 1, 0))
+    sae.init_from(cache["blocks.1.hook_resid_mid"][:, 1::3].reshape(-1, 32), seed=0)
+    with torch.no_grad():
+        sae.b_enc.fill_(1.0)
+    return str(sae.save(tmp_path / "sae"))
+
+
+def test_sae_features_are_steered_along_their_decoder_row_and_ablated_inside_the_activation(ckpt, sae_dir):
+    inputs = _cached_windows(4, 4, 1, 0)
+    sae = TopKSAE.load(sae_dir)
+    steer = parse_intervention(f"steer: sae:{sae_dir}#5 @ blocks.0.hook_resid_post x -3", ckpt)
+
+    def add(act, hook):
+        out = act.clone()
+        out[:, 1::3] += -3 * sae.W_dec[5].detach()
+        return out
+
+    torch.testing.assert_close(
+        _logits(ckpt, inputs, steer.hooks), _logits(ckpt, inputs, [("blocks.0.hook_resid_post", add)])
+    )
+    ablate = parse_intervention(f"zero: sae:{sae_dir}#5", ckpt)
+    want = _logits(ckpt, inputs, sae.feature_hooks(5, 0.0))
+    torch.testing.assert_close(_logits(ckpt, inputs, ablate.hooks), want)
+    assert not torch.allclose(want, _logits(ckpt, inputs))
+
+
+def test_a_saved_name_may_hold_an_at_sign(ckpt, tmp_path, monkeypatch):
+    monkeypatch.setenv("DTINTERP_DIRECTIONS_DIR", str(tmp_path))
+    DirectionLibrary().save(SavedDirection("probe:cue=1@L0:S4", torch.arange(32.0) % 5, "custom"))
+    inputs = _cached_windows(2, 4, 3, 0)
+    steer = parse_intervention("steer: saved:probe:cue=1@L0:S4 @ blocks.0.hook_resid_post x 2", ckpt)
+    assert steer.hooks[0][0] == "blocks.0.hook_resid_post"
+    ablate = parse_intervention("zero: saved:probe:cue=1@L0:S4 @ blocks.0.hook_resid_post", ckpt)
+    assert not torch.allclose(_logits(ckpt, inputs, ablate.hooks), _logits(ckpt, inputs))
+
+
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        ("mean: forward @ blocks.0.hook_resid_post", "ablated with zero:"),
+        ("zero: saved:x", "zero: DIRECTION @ HOOK"),
+        ("zero: forward @ blocks.0.attn.hook_z", "residual-stream hook"),
+        ("zero: sae:SAE#99", "latents 0..7"),
+        ("zero: sae:/no/such/sae#1", "cannot read the SAE"),
+        ("steer: sae:SAE#1 @ blocks.0.hook_resid_post x 2", "trained on the activations of other-model"),
+    ],
+)
+def test_bad_direction_lines_are_one_line_errors(ckpt, sae_dir, line, fragment):
+    if "other-model" in fragment:  # an SAE that records another model's weights digest
+        sae = TopKSAE.load(sae_dir)
+        sae.cfg.model = {"name": "other-model", "weights_sha256": "0" * 64}
+        sae_dir = str(sae.save(Path(sae_dir).parent / "other"))
+        ckpt = Checkpoint.from_model(ckpt.model, dict(META), weights_sha256="1" * 64)
+    with pytest.raises(InterventionError, match=fragment) as err:
+        parse_intervention(line.replace("SAE", sae_dir), ckpt)
     assert "\n" not in str(err.value)

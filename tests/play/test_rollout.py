@@ -171,3 +171,18 @@ def test_rollout_restores_training_mode(model):
 def test_rollout_rejects_empty_seed_list(model):
     with pytest.raises(ValueError, match="no seeds"):
         rollout(_ckpt(model), 1.0, [], 4, progress=False)
+
+
+def test_max_steps_cuts_episodes_to_a_prefix_of_the_full_ones(model):
+    ck = _ckpt(model)
+    full = rollout(ck, 1.0, SEEDS, 3, record=True, progress=False)
+    cut = rollout(ck, 1.0, SEEDS, 3, record=True, progress=False, max_steps=5)
+    assert any(r.length > 5 for r in full), "some episode must outlast the cap"
+    for f, c in zip(full, cut):
+        assert c.length == min(f.length, 5)
+        assert c.episode.actions.tolist() == f.episode.actions.tolist()[: c.length]
+        assert c.episode_return == pytest.approx(float(np.sum(f.episode.rewards[: c.length])))
+        if f.length > 5:
+            assert c.episode.truncated and not c.episode.terminated
+    with pytest.raises(ValueError, match="max_steps"):
+        rollout(ck, 1.0, SEEDS, 3, progress=False, max_steps=0)

@@ -15,7 +15,7 @@ from dtinterp.interp.pairs import PairError, check_pair, env_pair, make_pair, re
 from dtinterp.interp.patching import activation_patching
 from dtinterp.model.checkpoint import Checkpoint
 from dtinterp.model.inputs import DTInputs
-from dtinterp.plugins.api import AnalysisContext, ParameterError
+from dtinterp.plugins.api import AnalysisContext, ParameterError, PluginError
 from dtinterp.plugins.run import run_analysis
 from envs import EnvSpec, compact_obs, make_env
 from tests.plugins.conftest import _random_model
@@ -189,3 +189,9 @@ def test_env_pair_through_the_plugin_on_a_memory_model(registry):
     )  # the CLI asked for one; env pairs ignore it
     assert not d["real_tokens"][:3].any() and d["real_tokens"][3:].all()
     assert "R1" not in list(run.figures[0].data[0].x)  # padded tokens are left off the axis
+    # pair=env builds its own counterfactual: no edit is needed, and the result is the same without one
+    bare = run_analysis(ckpt, inputs, PLUGIN, {"pair": "env", "sweep": "resid_pre"}, [], registry=registry)
+    np.testing.assert_array_equal(bare.result.data["values"], d["values"])
+    assert "not used" not in bare.result.data["pair_description"]
+    with pytest.raises(PluginError, match="give at least one edit"):  # pair=edits still needs one
+        run_analysis(ckpt, inputs, PLUGIN, {"sweep": "resid_pre"}, [], registry=registry)

@@ -60,3 +60,14 @@ def _kwargs() -> dict:
         "inputs_info": {},
         "summary": "",
     }
+
+
+def test_suggested_interventions_get_their_own_escaped_section():
+    plain = report([])
+    assert "Try it while the model plays" not in plain
+    html = render_report(
+        **{**_kwargs(), "figures": []},
+        interventions=[("Steer <up>", "steer: saved:a&b @ blocks.0.hook_resid_post x 2")],
+    )
+    assert "Try it while the model plays" in html and "Steer &lt;up&gt;" in html
+    assert "<code>steer: saved:a&amp;b @ blocks.0.hook_resid_post x 2</code>" in html

@@ -17,7 +17,7 @@ become one-line :class:`~dtinterp.plugins.api.ParameterError` s naming the plugi
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -84,6 +84,11 @@ def user_errors(plugin_id: str, param: str | None = None) -> Iterator[None]:
         raise ParameterError(f"{where}: {exc}") from None
 
 
+def needs_edits_for_pair(_plugin: Any, params: Mapping[str, Any]) -> bool:
+    """``Analysis.needs_edits`` of a plugin with ``PAIR_PARAM``: only ``pair=edits`` reads the edits."""
+    return params.get("pair") == "edits"
+
+
 def context_pair(ctx: AnalysisContext, params: dict[str, Any], plugin_id: str) -> Pair:
     """The pair named by ``pair`` for the context's windows (every row the source can pair)."""
     if params["pair"] == "edits":
@@ -107,9 +112,20 @@ def context_pair(ctx: AnalysisContext, params: dict[str, Any], plugin_id: str) -
     return pair
 
 
-def select_pair(pair: Pair, params: dict[str, Any], k: int, batch: int, plugin_id: str) -> Pair:
+def select_pair(
+    pair: Pair, params: dict[str, Any], k: int, batch: int, plugin_id: str, where: Sequence[int] | None = None
+) -> Pair:
     """The rows of ``pair`` studied: window ``params['window']`` alone (a batch index), or (-1) every row
-    whose timestep ``k`` is real."""
+    whose timestep ``k`` is real; with ``where`` (batch indices), only those."""
+    if where is not None:
+        allowed = {int(b) for b in where}
+        keep = [i for i, b in enumerate(pair.rows) if b in allowed]
+        if not keep:
+            raise ParameterError(
+                f"plugin {plugin_id!r} parameter 'where': none of the {len(pair.rows)} window(s) of the "
+                f"{pair.source} pair is where {params['where'].strip()}"
+            )
+        pair = _subset(pair, keep)
     b = params["window"]
     if b >= batch:
         raise ParameterError(
@@ -133,6 +149,11 @@ def select_pair(pair: Pair, params: dict[str, Any], k: int, batch: int, plugin_i
             raise ParameterError(
                 f"plugin {plugin_id!r} parameter 'position': timestep {k + 1} is padding in every window"
             )
+    return _subset(pair, keep)
+
+
+def _subset(pair: Pair, keep: list[int]) -> Pair:
+    """The rows ``keep`` (positions in the pair) of ``pair``."""
     if len(keep) == pair.size:
         return pair
     idx = torch.as_tensor(keep, device=pair.clean.device)

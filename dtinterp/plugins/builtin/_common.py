@@ -6,6 +6,11 @@ spread (sample standard deviation) over every window whose read timestep is real
 window ``b`` alone. ``position`` names the state token ``S_k`` that is read (``0``: the last one, which is
 real in every window the window builder makes).
 
+**Where.** ``where`` keeps the windows where every condition holds (``agent_x=5, agent_y=3,
+agent_dir=right``): the window's last ``timestep`` or ``prev_action``, and on Memory what the window pins down
+of its episode (:func:`dtinterp.interp.pairs.window_facts`: the cue, the correct side, the agent's pose at the
+last step). Analyses that compare windows with each other use it to study one situation of many episodes.
+
 **The episode clock.** :func:`trained_time_range` is the default range of the time-embedding analyses:
 the longest episode of the training data (``dataset_lengths`` in the checkpoint metadata, recorded by the
 trainer), else the env's step limit, else the model's time-embedding size.
@@ -22,7 +27,9 @@ from torch import Tensor
 from transformer_lens import ActivationCache
 
 from dtinterp.interp.dla import spread
+from dtinterp.interp.pairs import WINDOW_FACTS, PairError, window_facts
 from dtinterp.plugins.api import AnalysisContext, Param, ParameterError
+from envs.facts import FACTS
 from envs.spec import env_facts
 
 WINDOW_PARAM = Param(
@@ -33,6 +40,65 @@ WINDOW_PARAM = Param(
     min=-1,
 )
 POSITION_PARAM = Param("position", "int", 0, "State token S_k read, k = 1..K (0: the last state).", min=0)
+
+
+#: Conditions of ``where`` read off the windows themselves (any env); Memory adds :data:`WINDOW_FACTS`.
+WHERE_NAMES = ("timestep", "prev_action", *WINDOW_FACTS)
+WHERE_PARAM = Param(
+    "where",
+    "str",
+    "",
+    "Only the windows where every condition holds, e.g. agent_x=5, agent_y=3, agent_dir=right (Memory's "
+    "junction): timestep, prev_action and on Memory cue_object, correct_side, agent_x, agent_y, agent_dir; "
+    "empty: every window.",
+)
+
+
+def parse_where(text: str, action_names: tuple[str, ...], plugin_id: str) -> dict[str, int]:
+    """``"agent_x=5, agent_dir=right"`` -> ``{"agent_x": 5, "agent_dir": 0}`` (a fact's value names and the
+    model's action names stand for their numbers)."""
+    where = f"plugin {plugin_id!r} parameter 'where'"
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        name, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or not name or not value:
+            raise ParameterError(f"{where}: {part!r} is not NAME=VALUE (e.g. agent_x=5)")
+        if name not in WHERE_NAMES:
+            raise ParameterError(f"{where}: unknown name {name!r}; expected one of {', '.join(WHERE_NAMES)}")
+        names = (
+            list(action_names) if name == "prev_action" else list(FACTS[name].values) if name in FACTS else []
+        )
+        if value in names:
+            out[name] = names.index(value)
+        elif value.lstrip("-").isdigit():
+            out[name] = int(value)
+        else:
+            choices = f" or one of {', '.join(names)}" if names else ""
+            raise ParameterError(f"{where}: {name}={value!r} is not an integer{choices}")
+    return out
+
+
+def where_windows(
+    ctx: AnalysisContext, params: dict[str, Any], plugin_id: str, facts_wanted: bool = False
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The batch rows that ``where`` keeps, and the Memory window facts (computed if a condition or the
+    caller, ``facts_wanted``, needs them; empty where the env has none)."""
+    conditions = parse_where(params["where"], ctx.action_names, plugin_id)
+    facts: dict[str, np.ndarray] = {}
+    if facts_wanted or set(conditions) & set(WINDOW_FACTS):
+        try:
+            facts = window_facts(ctx.inputs, ctx.checkpoint.env_spec)
+        except PairError as exc:
+            if set(conditions) & set(WINDOW_FACTS):
+                raise ParameterError(f"plugin {plugin_id!r} parameter 'where': {exc}") from None
+    columns = {"timestep": ctx.inputs.timesteps[:, -1], "prev_action": ctx.inputs.actions[:, -2]}
+    rows = np.arange(ctx.inputs.batch_size)
+    for name, value in conditions.items():
+        values = facts[name] if name in facts else columns[name].cpu().numpy()
+        rows = rows[values[rows] == value]
+    return rows, facts
 
 
 def state_timestep(ctx: AnalysisContext, params: dict[str, Any], plugin_id: str) -> int:

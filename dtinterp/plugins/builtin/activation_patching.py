@@ -35,6 +35,7 @@ from dtinterp.plugins.builtin._causal import (
     PAIR_SEED_PARAM,
     choose_metric,
     context_pair,
+    needs_edits_for_pair,
     predicted,
     predictions_text,
     select_pair,
@@ -52,6 +53,7 @@ class ActivationPatching(Analysis):
     title = "Activation patching"
     category = "causal"
     needs_counterfactual = True
+    needs_edits = needs_edits_for_pair
     description = (
         "Copies one activation at a time (residual stream, attention or MLP output at one token, a head's "
         "output, query, key, value or pattern, a neuron) between a clean and a corrupted run and reads a "

@@ -43,6 +43,7 @@ from dtinterp.plugins.builtin._causal import (
     PAIR_SEED_PARAM,
     choose_metric,
     context_pair,
+    needs_edits_for_pair,
     predicted,
     predictions_text,
     select_pair,
@@ -60,6 +61,7 @@ class PathPatching(Analysis):
     title = "Path patching"
     category = "causal"
     needs_counterfactual = True
+    needs_edits = needs_edits_for_pair
     description = (
         "A sender's effect along chosen paths only, every other component frozen: every head and MLP to "
         "the logits directly, chosen senders into each later head's query, key or value, or your own "
