@@ -253,7 +253,8 @@ class Tab:
                 continue
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for fut in done:
-                cb = self.callbacks[running.pop(fut)]
+                i = running.pop(fut)
+                cb = self.callbacks[i]
                 seconds, updates = fut.result()
                 cid, prop = cb.outputs[0]
                 self.timings.setdefault(f"{id_key(cid)}.{prop}", []).append(seconds)
@@ -261,7 +262,8 @@ class Tab:
                     self._set(cid, prop, value)
                     self._register(value)
                     for j in self._triggered(cid, prop):
-                        pending.setdefault(j, set()).add(f"{id_key(cid)}.{prop}")
+                        if j != i:  # a callback's own outputs never set it off again (Dash's circular rule)
+                            pending.setdefault(j, set()).add(f"{id_key(cid)}.{prop}")
 
     def _spec(self, spec: dict[str, Any]) -> Any:
         if is_wildcard(spec["id"]):
