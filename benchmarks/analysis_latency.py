@@ -60,9 +60,17 @@ def main() -> None:
             [("weights", None)] if plugin.category == "static" else [("1", one), (str(many.batch_size), many)]
         )
         for name, inputs in sizes:
+            if inputs is not None and inputs.batch_size < plugin.min_windows:
+                print(f"{pid:<26}{name:>8}   (needs at least {plugin.min_windows} windows)")
+                continue
             comp, figs = [], []
             for _ in range(args.runs):
-                ctx = AnalysisContext(ckpt, inputs, edits=edits if plugin.needs_counterfactual else ())
+                ctx = AnalysisContext(
+                    ckpt,
+                    inputs,
+                    edits=edits if plugin.needs_counterfactual else (),
+                    dataset=data if inputs is many else None,  # the dataset the windows came from
+                )
                 t0 = time.perf_counter()
                 result = registry.run(pid, ctx)
                 t1 = time.perf_counter()
