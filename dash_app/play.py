@@ -327,7 +327,9 @@ def layout() -> html.Div:
                     dcc.Graph(
                         id=ids.PLAY_PROBS_GRAPH,
                         figure=action_chart(ACTION_NAMES, None),
-                        config={"displayModeBar": False},
+                        # static: the bars carry their values as text, and a static plot redraws faster
+                        # (each step redraws it before the new world frame can be painted)
+                        config={"displayModeBar": False, "staticPlot": True},
                         className="probs-graph",
                     ),
                 ],
