@@ -18,38 +18,8 @@ from dtinterp.interp.ablation import (
 )
 from dtinterp.interp.hooknames import ComponentError, parse_component, parse_components
 from dtinterp.interp.metrics import LogProb
-from dtinterp.model import DTConfig, DTInputs, HookedDecisionTransformer
-
-
-def make_model(**kw) -> HookedDecisionTransformer:
-    base = dict(
-        context_len=3, n_layers=2, n_heads=2, d_model=16, d_mlp=8, max_timestep=20, init_range=0.3, seed=0
-    )
-    model = HookedDecisionTransformer(DTConfig(**{**base, **kw})).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
-
-
-def make_inputs(B: int = 4, K: int = 3, seed: int = 0) -> DTInputs:
-    """Random valid windows; window 0 is left-padded by one timestep."""
-    g = torch.Generator().manual_seed(seed)
-    obs = torch.stack(
-        [torch.randint(0, 10, (B, K, 7, 7), generator=g), torch.randint(0, 6, (B, K, 7, 7), generator=g),
-         torch.randint(0, 3, (B, K, 7, 7), generator=g)], -1,
-    ).to(torch.uint8)  # fmt: skip
-    pad = torch.ones(B, K, dtype=torch.bool)
-    pad[0, 0] = False
-    return DTInputs(
-        obs=obs,
-        directions=torch.randint(0, 4, (B, K), generator=g),
-        rtg=torch.rand(B, K, generator=g),
-        actions=torch.randint(0, 7, (B, K), generator=g),
-        timesteps=torch.arange(K).expand(B, K).clone(),
-        pad_mask=pad,
-    )
+from dtinterp.model import DTInputs, HookedDecisionTransformer
+from tests.interp.tiny import make_inputs, make_model
 
 
 @functools.cache
@@ -127,7 +97,7 @@ def test_mlp_components_of_an_attention_only_model_are_errors():
 
 
 def test_zero_ablating_a_head_or_neuron_is_zeroing_its_output_weights():
-    m, inputs = model(), make_inputs()
+    m, inputs = model(), make_inputs(4)
     edited = copy.deepcopy(m)
     with torch.no_grad():
         edited.blocks[1].attn.W_O[0] = 0.0
@@ -141,7 +111,7 @@ def test_zero_ablating_a_head_or_neuron_is_zeroing_its_output_weights():
 
 
 def test_hooks_never_outlive_their_block():
-    m, inputs = model(), make_inputs()
+    m, inputs = model(), make_inputs(4)
     with pytest.raises(RuntimeError), ablated(m, ["blocks.0.hook_attn_out"]):
         raise RuntimeError("interrupted analysis")
     assert not any(hp.fwd_hooks for hp in m.hook_dict.values())
@@ -247,7 +217,7 @@ def test_resampling_within_the_batch_never_keeps_a_window_own_activation():
 
 
 def test_ablation_errors_are_one_line():
-    m, inputs = model(), make_inputs()
+    m, inputs = model(), make_inputs(4)
     cases = [
         (lambda: ablate(m, inputs, ["blocks.0.hook_attn_out"], kind="half"), "half"),
         (lambda: ablation_hooks(m, ["blocks.0.hook_attn_out"], "mean"), "blocks.0.hook_attn_out"),
@@ -257,7 +227,7 @@ def test_ablation_errors_are_one_line():
         with pytest.raises(AblationError) as info:
             call()
         assert needle in str(info.value) and "\n" not in str(info.value)
-    short = ablation_values(m, ["blocks.0.hook_attn_out"], "mean", make_inputs(K=2))
+    short = ablation_values(m, ["blocks.0.hook_attn_out"], "mean", make_inputs(4, K=2))
     with (
         pytest.raises(AblationError, match="another length"),
         ablated(m, ["blocks.0.hook_attn_out"], "mean", short),

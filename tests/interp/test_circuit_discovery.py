@@ -20,46 +20,17 @@ from dtinterp.interp.circuit_discovery import (
 )
 from dtinterp.interp.graph import ComputeGraph
 from dtinterp.interp.metrics import logit_diff
-from dtinterp.model import DTConfig, DTInputs, HookedDecisionTransformer
+from dtinterp.model import DTInputs, HookedDecisionTransformer
+from tests.interp.tiny import make_inputs, make_model
 
 CHAIN = {"state -> L0H0.v", "L0H0 -> L1H1.v", "L1H1 -> logits"}
-
-
-def make_model(**kw) -> HookedDecisionTransformer:
-    base = dict(
-        context_len=3, n_layers=2, n_heads=2, d_model=16, d_mlp=8, max_timestep=20, init_range=0.3, seed=0
-    )
-    model = HookedDecisionTransformer(DTConfig(**{**base, **kw})).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
-
-
-def make_inputs(B: int = 4, K: int = 3, seed: int = 0) -> DTInputs:
-    g = torch.Generator().manual_seed(seed)
-    obs = torch.stack(
-        [torch.randint(0, 10, (B, K, 7, 7), generator=g), torch.randint(0, 6, (B, K, 7, 7), generator=g),
-         torch.randint(0, 3, (B, K, 7, 7), generator=g)], -1,
-    ).to(torch.uint8)  # fmt: skip
-    pad = torch.ones(B, K, dtype=torch.bool)
-    pad[0, 0] = False
-    return DTInputs(
-        obs=obs,
-        directions=torch.randint(0, 4, (B, K), generator=g),
-        rtg=torch.rand(B, K, generator=g),
-        actions=torch.randint(0, 7, (B, K), generator=g),
-        timesteps=torch.arange(K).expand(B, K).clone(),
-        pad_mask=pad,
-    )
 
 
 @functools.cache
 def pair() -> tuple[DTInputs, DTInputs]:
     """Clean windows and their partners with other observations (same returns, actions, timesteps)."""
-    clean = make_inputs()
-    return clean, dataclasses.replace(clean, obs=make_inputs(seed=1).obs)
+    clean = make_inputs(4)
+    return clean, dataclasses.replace(clean, obs=make_inputs(4, seed=1).obs)
 
 
 @functools.cache

@@ -17,41 +17,11 @@ from dtinterp.interp.steering import (
     steering_scan,
     token_positions,
 )
-from dtinterp.model import DTConfig, DTInputs, HookedDecisionTransformer
 from dtinterp.model.checkpoint import Checkpoint
 from envs import EnvSpec
+from tests.interp.tiny import make_inputs, make_model
 
 ENV = EnvSpec("MiniGrid-DoorKey-5x5-v0", max_steps=12)
-
-
-def make_model(**kw) -> HookedDecisionTransformer:
-    base = dict(
-        context_len=3, n_layers=2, n_heads=2, d_model=16, d_mlp=8, max_timestep=20, init_range=0.3, seed=0
-    )
-    model = HookedDecisionTransformer(DTConfig(**{**base, **kw})).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
-
-
-def make_inputs(B: int = 6, K: int = 3, seed: int = 0) -> DTInputs:
-    g = torch.Generator().manual_seed(seed)
-    obs = torch.stack(
-        [torch.randint(0, 10, (B, K, 7, 7), generator=g), torch.randint(0, 6, (B, K, 7, 7), generator=g),
-         torch.randint(0, 3, (B, K, 7, 7), generator=g)], -1,
-    ).to(torch.uint8)  # fmt: skip
-    pad = torch.ones(B, K, dtype=torch.bool)
-    pad[0, 0] = False
-    return DTInputs(
-        obs=obs,
-        directions=torch.randint(0, 4, (B, K), generator=g),
-        rtg=torch.rand(B, K, generator=g),
-        actions=torch.randint(0, 7, (B, K), generator=g),
-        timesteps=torch.arange(K).expand(B, K).clone(),
-        pad_mask=pad,
-    )
 
 
 def vector(
@@ -69,7 +39,7 @@ def checkpoint() -> Checkpoint:
 
 def test_steering_the_last_residual_stream_moves_the_logits_linearly():
     model = make_model(normalization_type=None)  # no final LayerNorm: logits = resid @ W_U + b_U
-    inputs = make_inputs()
+    inputs = make_inputs(6)
     v = vector()
     with torch.no_grad():
         clean = model(inputs)
@@ -88,7 +58,7 @@ def test_steering_the_last_residual_stream_moves_the_logits_linearly():
 
 def test_mean_difference_of_two_sets_of_windows():
     model = make_model()
-    a, b = make_inputs(seed=1), make_inputs(seed=2)
+    a, b = make_inputs(6, seed=1), make_inputs(6, seed=2)
     v = mean_difference(model, a, b, "blocks.0.hook_resid_mid", "a-b", tokens="S", model_name="tiny")
     _, cache_a = model.run_with_cache(a)
     _, cache_b = model.run_with_cache(b)
@@ -108,7 +78,7 @@ def test_mean_difference_of_two_sets_of_windows():
 
 def test_a_saved_vector_steers_as_the_original(tmp_path):
     model = make_model()
-    inputs = make_inputs()
+    inputs = make_inputs(6)
     v = vector(hook="blocks.0.hook_resid_post", tokens="R")
     library = DirectionLibrary(tmp_path)
     library.save(v.saved("steer-r", description="test"))
@@ -125,7 +95,7 @@ def test_a_saved_vector_steers_as_the_original(tmp_path):
 def test_a_scan_over_coefficients_windows_and_episodes():
     ck = checkpoint()
     model = ck.model
-    inputs = make_inputs()
+    inputs = make_inputs(6)
     v = vector(hook="blocks.0.hook_resid_mid")
     metric = LogitDiff(2, 0)
     scan = steering_scan(
