@@ -7,7 +7,8 @@ opens it in headless Chromium. A script installed before the page loads timestam
 - every key press and click (capture phase, before the app sees it);
 - every change of the Play tab's world frame, when its new image has decoded and the next animation
   frame has been painted ("frame painted");
-- every redraw of the action-probability chart (plotly's ``plotly_afterplot``) ("chart updated");
+- every change of the action-probability chart (an SVG image), when it has decoded and the next animation
+  frame has been painted ("chart updated");
 - every callback request (``fetch`` of ``/_dash-update-component``): when the last one in flight returns
   ("last callback done") and how many a step sends.
 
@@ -50,12 +51,15 @@ PROBE = """
   };
   const watch = () => {
     const img = document.getElementById("__WORLD__");
-    const graph = document.querySelector("#__CHART__ .js-plotly-plot");
-    if (!img || !graph) { return setTimeout(watch, 20); }
+    const chart = document.getElementById("__CHART__");
+    if (!img || !chart) { return setTimeout(watch, 20); }
     new MutationObserver(() => {
       img.decode().catch(() => {}).then(() => requestAnimationFrame(() => T.frames.push(now())));
     }).observe(img, {attributes: true, attributeFilter: ["src"]});
-    graph.on("plotly_afterplot", () => T.charts.push(now()));
+    // the chart is an SVG image: updated once its new source has decoded and the next frame is painted
+    new MutationObserver(() => {
+      chart.decode().catch(() => {}).then(() => requestAnimationFrame(() => T.charts.push(now())));
+    }).observe(chart, {attributes: true, attributeFilter: ["src"]});
     T.frames.push(now());  // the first frame is already there
   };
   document.addEventListener("DOMContentLoaded", watch);

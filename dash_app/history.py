@@ -18,7 +18,14 @@ from dash_app import ids
 from dash_app.cache import ModelEntry, model_entry
 from dash_app.images import pov_image, world_image
 from dash_app.inputs import load_episode
-from dash_app.widgets import action_chart, step_slider, token_chips, token_legend, window_tokens
+from dash_app.widgets import (
+    action_chart,
+    action_chart_box,
+    step_slider,
+    token_chips,
+    token_legend,
+    window_tokens,
+)
 from dtinterp.data.episode import Episode
 from dtinterp.errors import DtinterpError
 from envs.encoding import ACTION_NAMES
@@ -92,12 +99,7 @@ def layout() -> html.Div:
                         [html.Img(id=ids.HISTORY_POV_IMG, alt="agent view"), html.Figcaption("agent's view")]
                     ),
                     html.Div(id=ids.HISTORY_STEP_INFO, className="step-info"),
-                    dcc.Graph(
-                        id=ids.HISTORY_PROBS_GRAPH,
-                        figure=action_chart(ACTION_NAMES, None),
-                        config={"displayModeBar": False},
-                        className="probs-graph",
-                    ),
+                    action_chart_box(ids.HISTORY_PROBS_GRAPH, ACTION_NAMES),
                 ],
                 className="frames-row",
             ),
@@ -119,7 +121,7 @@ def register(app: Dash) -> None:
         Output(ids.HISTORY_NOTE, "children"),
         Output(ids.HISTORY_STEP_INFO, "children"),
         Output(ids.HISTORY_TOKENS, "children"),
-        Output(ids.HISTORY_PROBS_GRAPH, "figure"),
+        Output(ids.HISTORY_PROBS_GRAPH, "src"),
         Input(ids.HISTORY_SLIDER, "value"),
         Input(ids.HISTORY_SHOWN_EPISODE, "data"),
         State(ids.HISTORY_SLIDER, "max"),

@@ -31,6 +31,8 @@ HISTORY_SHOWN_EPISODE = "history-shown-episode"
 REPLAY_SHOWN_EPISODE = "replay-shown-episode"
 ANALYSES_SHOWN_EPISODE = "analyses-shown-episode"
 MODEL_STORE = "model-store"
+#: The tabs whose panels are in the page (Play from the start, any other once opened), a list of tab values.
+MOUNTED_TABS_STORE = "mounted-tabs-store"
 TRAJ_STORE = "traj-store"
 STEP_STORE = "step-store"
 EDITS_STORE = "edits-store"

@@ -1,8 +1,12 @@
 """The page: shared stores, the top bar (model chooser, model info, messages) and the tabs.
 
 ``layout(default_model)`` is called on every page load, so each browser tab gets its own session id.
-All tab panels stay in the page and the selected one is shown (a clientside callback), so every
-callback's components always exist whichever tab is open.
+The Play panel is in the page from the start; every other panel is filled in the first time its tab is
+opened (one request) and then stays, hidden while another tab is shown (a clientside callback), so what
+was typed or computed there survives switching tabs. Until then the page carries none of its components:
+the browser's work per play step grows with the number of components on the page, so a page that only
+plays stays light. A panel's callbacks fire once it is in the page (Dash's initial call for new
+components), reading the shared stores as they are then.
 """
 
 from __future__ import annotations
@@ -123,6 +127,15 @@ def _top_bar(default_model: str) -> html.Div:
     )
 
 
+def mount_tab(tab: str, mounted: list[str] | None) -> tuple[list[str], Any] | None:
+    """Opening ``tab``: ``(the mounted tabs after it, its panel's layout)`` the first time, else None."""
+    mounted = list(mounted or [ids.TAB_PLAY])
+    module = next((m for value, _, _, m in TABS if value == tab), None)
+    if tab in mounted or module is None:
+        return None
+    return mounted + [tab], module.layout()
+
+
 def layout(default_model: str) -> html.Div:
     """The whole page for one browser tab (a fresh session id each load)."""
     return html.Div(
@@ -140,9 +153,12 @@ def layout(default_model: str) -> html.Div:
                 value=ids.TAB_PLAY,
                 children=[dcc.Tab(label=label, value=value) for value, _, label, _ in TABS],
             ),
+            dcc.Store(id=ids.MOUNTED_TABS_STORE, data=[ids.TAB_PLAY], storage_type="memory"),
             *[
                 html.Div(
-                    module.layout(),
+                    module.layout()
+                    if value == ids.TAB_PLAY
+                    else html.P("Opening the tab…", className="hint"),
                     id=panel,
                     className="panel",
                     style={} if value == ids.TAB_PLAY else {"display": "none"},
@@ -183,6 +199,25 @@ def register(app: Dash) -> None:
             return model_view(key)
         except (DtinterpError, EnvSpecError):
             return (no_update,) * 4
+
+    lazy = [(value, panel, module) for value, panel, _, module in TABS if value != ids.TAB_PLAY]
+
+    @app.callback(
+        Output(ids.MOUNTED_TABS_STORE, "data"),
+        *[Output(panel, "children") for _, panel, _ in lazy],
+        Input(ids.TABS, "value"),
+        State(ids.MOUNTED_TABS_STORE, "data"),
+        prevent_initial_call=True,
+    )
+    def _mount(tab: str, mounted: list[str] | None) -> tuple[Any, ...]:
+        # A tab's panel is built the first time the tab is opened, and kept.
+        mounted = list(mounted or [ids.TAB_PLAY])
+        if tab in mounted or tab not in {value for value, _, _ in lazy}:
+            return (no_update,) * (1 + len(lazy))
+        return (
+            mounted + [tab],
+            *[module.layout() if value == tab else no_update for value, _, module in lazy],
+        )
 
     values = json.dumps([value for value, *_ in TABS])
     app.clientside_callback(

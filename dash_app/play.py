@@ -18,7 +18,7 @@ from dash_app import ids
 from dash_app.cache import ENVS, ModelEntry, model_entry
 from dash_app.images import pov_image, world_image
 from dash_app.inputs import InputError, load_episode, parse_seed, parse_target
-from dash_app.widgets import action_chart
+from dash_app.widgets import action_chart, action_chart_box
 from dtinterp.data.episode import Episode
 from dtinterp.errors import DtinterpError
 from dtinterp.interp.interventions import Intervention, parse_intervention
@@ -324,14 +324,7 @@ def layout() -> html.Div:
                             html.Figcaption("agent's view (model input)"),
                         ]
                     ),
-                    dcc.Graph(
-                        id=ids.PLAY_PROBS_GRAPH,
-                        figure=action_chart(ACTION_NAMES, None),
-                        # static: the bars carry their values as text, and a static plot redraws faster
-                        # (each step redraws it before the new world frame can be painted)
-                        config={"displayModeBar": False, "staticPlot": True},
-                        className="probs-graph",
-                    ),
+                    action_chart_box(ids.PLAY_PROBS_GRAPH, ACTION_NAMES),
                 ],
                 className="frames-row",
             ),
@@ -374,7 +367,7 @@ def register(app: Dash) -> None:
         Output(ids.PLAY_MESSAGE, "children"),
         Output(ids.PLAY_WORLD_IMG, "src"),
         Output(ids.PLAY_POV_IMG, "src"),
-        Output(ids.PLAY_PROBS_GRAPH, "figure"),
+        Output(ids.PLAY_PROBS_GRAPH, "src"),
         Output(ids.PLAY_STATUS, "children"),
         Output(ids.PLAY_BANNER, "children"),
         Output(ids.PLAY_BANNER, "className"),

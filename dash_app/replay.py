@@ -37,7 +37,14 @@ from dash_app import ids
 from dash_app.cache import ModelEntry, model_entry
 from dash_app.images import pov_image
 from dash_app.inputs import InputError, load_episode, parse_episode
-from dash_app.widgets import action_chart, step_slider, token_chips, token_legend, window_tokens
+from dash_app.widgets import (
+    action_chart,
+    action_chart_box,
+    step_slider,
+    token_chips,
+    token_legend,
+    window_tokens,
+)
 from dtinterp.data.dataset import TrajectoryDataset, load_dataset, save_dataset
 from dtinterp.data.episode import Episode
 from dtinterp.errors import DtinterpError
@@ -525,12 +532,10 @@ def layout() -> html.Div:
                     ),
                     html.Div(
                         [
-                            dcc.Graph(
-                                id=ids.REPLAY_PROBS_GRAPH,
-                                figure=action_chart(
-                                    ACTION_NAMES, None, title="Predicted action at the last state"
-                                ),
-                                config={"displayModeBar": False},
+                            action_chart_box(
+                                ids.REPLAY_PROBS_GRAPH,
+                                ACTION_NAMES,
+                                title="Predicted action at the last state",
                             ),
                             html.Div(
                                 [
@@ -599,7 +604,7 @@ def register(app: Dash) -> None:
         Output(ids.REPLAY_STEP_SLIDER, "value"),
         Output(ids.REPLAY_SOURCE_INFO, "children"),
         Output(ids.REPLAY_EDITS_TEXT, "value"),
-        Output(ids.REPLAY_PROBS_GRAPH, "figure"),
+        Output(ids.REPLAY_PROBS_GRAPH, "src"),
         Output(ids.REPLAY_EDITS_LIST, "children"),
         Output(ids.REPLAY_TOKENS, "children"),
         Output(ids.REPLAY_POV_IMG, "src"),
@@ -694,7 +699,6 @@ def register(app: Dash) -> None:
             title="Predicted action at the last state"
             + ("" if v["after"] is None else ": before and after the edits"),
             note="no episode" if episode is None else "",
-            height=340,
         )
         return (
             last,

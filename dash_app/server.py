@@ -45,6 +45,9 @@ def create_app(model: str | None = None, cache_dir: str | None = None) -> dash.D
     app = dash.Dash(
         __name__,
         title="dtinterp",
+        # a tab's panel is added the first time the tab is opened (dash_app/layout.py), so its callbacks
+        # name components that are not in the page yet
+        suppress_callback_exceptions=True,
         assets_folder=str(ASSETS),
         background_callback_manager=dash.DiskcacheManager(cache),
     )

@@ -33,6 +33,17 @@ TIMEOUT = 30.0
 _GRAPH_TRACES_JS = """
 const el = document.getElementById(arguments[0]);
 if (!el) { return null; }
+if (el.classList.contains('bar-chart')) {  // the app's action chart: an SVG image, a trace per data-series
+    const svg = new DOMParser().parseFromString(atob(el.src.split(',')[1]), 'image/svg+xml');
+    const traces = new Map();
+    for (const b of svg.querySelectorAll('rect.bar')) {
+        const name = b.getAttribute('data-series');
+        if (!traces.has(name)) { traces.set(name, {type: 'bar', name: name, x: [], y: []}); }
+        traces.get(name).x.push(b.getAttribute('data-action'));
+        traces.get(name).y.push(parseFloat(b.getAttribute('data-p')));
+    }
+    return Array.from(traces.values());
+}
 const gd = el.classList.contains('js-plotly-plot') ? el : el.querySelector('.js-plotly-plot');
 if (!gd || !gd.data) { return null; }
 // plotly.js keeps typed arrays sent as {dtype, bdata} decoded in `_inputArray`
@@ -76,6 +87,17 @@ def img_src(driver: WebDriver, component_id: str) -> str:
 def graph_traces(driver: WebDriver, graph_id: str) -> list[dict[str, Any]] | None:
     """The traces plotted in a ``dcc.Graph`` (type, name, x, y), or None before it is drawn."""
     return driver.execute_script(_GRAPH_TRACES_JS, graph_id)
+
+
+def chart_title(driver: WebDriver, chart_id: str) -> str:
+    """The title of one of the app's action-probability charts ("" before it is drawn)."""
+    return driver.execute_script(
+        "const el = document.getElementById(arguments[0]);"
+        "if (!el || !el.src) { return ''; }"
+        "const svg = new DOMParser().parseFromString(atob(el.src.split(',')[1]), 'image/svg+xml');"
+        "const t = svg.querySelector('text.title'); return t ? t.textContent : '';",
+        chart_id,
+    )
 
 
 def bar_probs(driver: WebDriver, graph_id: str) -> dict[str, float] | None:

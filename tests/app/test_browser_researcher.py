@@ -18,6 +18,7 @@ from tests.app.pages import (
     By,
     bar_probs,
     by_id,
+    chart_title,
     choose_option,
     click,
     graph_traces,
@@ -101,11 +102,7 @@ def test_end_of_episode_keeps_the_env_actions_on_the_chart_and_in_the_key_help(b
     episode = play_dt_episode(browser)
     traces = wait_for(browser, lambda d: graph_traces(d, ids.PLAY_PROBS_GRAPH), "the chart")
     assert list(traces[0]["x"]) == ["left", "right", "forward", "pickup", "drop", "toggle", "done"]
-    title = browser.execute_script(
-        "return document.querySelector('#' + arguments[0] + ' .js-plotly-plot').layout.title.text",
-        ids.PLAY_PROBS_GRAPH,
-    )
-    assert "Last decision" in title
+    assert "Last decision" in chart_title(browser, ids.PLAY_PROBS_GRAPH)
     assert "Episode over" in text(browser, ids.PLAY_BANNER)
     assert greedy_episode(0).length == episode.length
     hint = text(browser, ids.PLAY_KEYS_HINT)

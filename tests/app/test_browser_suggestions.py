@@ -9,16 +9,10 @@ from __future__ import annotations
 import pytest
 
 from dash_app import ids
-from tests.app.pages import By, by_id, choose_option, click, select_tab, text, wait_for
+from tests.app.pages import By, by_id, chart_title, choose_option, click, select_tab, text, wait_for
 from tests.app.test_browser_analyses import RUN_TIMEOUT, run_finished
 
 pytestmark = pytest.mark.usefixtures("app_server")
-
-_CHART_TITLE_JS = """
-const el = document.getElementById(arguments[0]);
-const gd = el && (el.classList.contains('js-plotly-plot') ? el : el.querySelector('.js-plotly-plot'));
-return gd && gd.layout && gd.layout.title ? gd.layout.title.text : null;
-"""
 
 
 def suggestion_buttons(driver) -> list:
@@ -50,7 +44,7 @@ def test_steer_button_fills_in_the_play_tabs_intervention(browser):
     )
     wait_for(
         browser,
-        lambda d: line in (d.execute_script(_CHART_TITLE_JS, ids.PLAY_PROBS_GRAPH) or ""),
+        lambda d: line in chart_title(d, ids.PLAY_PROBS_GRAPH),
         "the Play tab's chart to play with it",
     )
     assert not text(browser, ids.PLAY_MESSAGE)

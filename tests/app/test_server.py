@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from dash_app import ids
+from dash_app.layout import TABS, mount_tab
 from dash_app.server import create_app
 from dtinterp.cli import main
 
@@ -45,8 +46,20 @@ def _callback_ids(app) -> set[str]:
     return names
 
 
-def test_every_callback_component_is_in_the_page(app):
-    strings = [c.id for c in _walk(app.layout()) if isinstance(getattr(c, "id", None), str)]
+def test_every_callback_component_is_in_the_page_once_every_tab_is_open(app):
+    page = app.layout()
+    first = {c.id for c in _walk(page) if isinstance(getattr(c, "id", None), str)}
+    assert ids.PLAY_WORLD_IMG in first and ids.HISTORY_SLIDER not in first  # only Play is built at first
+    mounted, panels = [ids.TAB_PLAY], []
+    for tab, *_ in TABS:
+        opened = mount_tab(tab, mounted)
+        assert (opened is None) == (tab == ids.TAB_PLAY)
+        if opened is not None:
+            mounted, panel = opened
+            panels.append(panel)
+            assert mount_tab(tab, mounted) is None  # built once, then kept
+    assert mounted == [tab for tab, *_ in TABS]
+    strings = [c.id for c in _walk([page, *panels]) if isinstance(getattr(c, "id", None), str)]
     assert len(strings) == len(set(strings)), "duplicate component ids in the page"
     missing = _callback_ids(app) - set(strings)
     assert not missing, f"callbacks name components the page lacks: {sorted(missing)}"
