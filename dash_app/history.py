@@ -105,7 +105,7 @@ def layout() -> html.Div:
             ),
             html.H4("Context window at this step (what the model reads)"),
             token_legend(),
-            html.Div(id=ids.HISTORY_TOKENS, className="tokens"),
+            html.Div(id=ids.HISTORY_TOKENS, className="token-strip"),
         ]
     )
 

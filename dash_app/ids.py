@@ -58,6 +58,9 @@ MODEL_PATH_INPUT = "model-path-input"
 MODEL_LOAD_BUTTON = "model-load-button"
 MODEL_INFO = "model-info"
 MODEL_CARD = "model-card"
+#: The card's "Model card" toggle, and the box its Markdown (``MODEL_CARD``) is drawn into when opened.
+MODEL_CARD_SUMMARY = "model-card-summary"
+MODEL_CARD_BOX = "model-card-box"
 
 # ------------------------------------------------------------------ Play tab
 PLAY_WORLD_IMG = "play-world-img"

@@ -91,7 +91,7 @@ def choose_model(event: str | None, dropdown: str | None, path: str | None, curr
 
 def _top_bar(default_model: str) -> html.Div:
     names = shipped_names()
-    info, card = model_info(default_model)
+    info, _ = model_info(default_model)
     return html.Div(
         [
             html.Div(
@@ -118,8 +118,9 @@ def _top_bar(default_model: str) -> html.Div:
                 className="top-row",
             ),
             html.Div(info, id=ids.MODEL_INFO, className="model-info"),
+            # the card is drawn when first opened: a page that only plays never loads the Markdown renderer
             html.Details(
-                [html.Summary("Model card"), dcc.Markdown(card, id=ids.MODEL_CARD, className="model-card")]
+                [html.Summary("Model card", id=ids.MODEL_CARD_SUMMARY), html.Div(id=ids.MODEL_CARD_BOX)]
             ),
             html.Div(id=ids.MESSAGE, className="message", role="alert"),
         ],
@@ -188,7 +189,6 @@ def register(app: Dash) -> None:
 
     @app.callback(
         Output(ids.MODEL_INFO, "children"),
-        Output(ids.MODEL_CARD, "children"),
         Output(ids.MODEL_DROPDOWN, "value"),
         Output(ids.MODEL_PATH_INPUT, "value"),
         Input(ids.MODEL_STORE, "data"),
@@ -196,28 +196,40 @@ def register(app: Dash) -> None:
     def _show_model(key: str) -> tuple[Any, ...]:
         # The page's model changed (chosen, or restored by a reload): the top bar follows it.
         try:
-            return model_view(key)
+            info, _, dropdown, path = model_view(key)
         except (DtinterpError, EnvSpecError):
-            return (no_update,) * 4
+            return (no_update,) * 3
+        return info, dropdown, path
 
-    lazy = [(value, panel, module) for value, panel, _, module in TABS if value != ids.TAB_PLAY]
+    @app.callback(
+        Output(ids.MODEL_CARD_BOX, "children"),
+        Input(ids.MODEL_CARD_SUMMARY, "n_clicks"),
+        Input(ids.MODEL_STORE, "data"),
+        prevent_initial_call=True,
+    )
+    def _show_card(opened: int | None, key: str) -> Any:
+        # Drawn once the card has been opened, and again for another model.
+        if not opened:
+            return no_update
+        try:
+            return dcc.Markdown(model_info(key)[1], id=ids.MODEL_CARD, className="model-card")
+        except (DtinterpError, EnvSpecError) as exc:
+            return str(exc)
+
+    lazy = [(value, panel) for value, panel, _, _ in TABS if value != ids.TAB_PLAY]
 
     @app.callback(
         Output(ids.MOUNTED_TABS_STORE, "data"),
-        *[Output(panel, "children") for _, panel, _ in lazy],
+        *[Output(panel, "children") for _, panel in lazy],
         Input(ids.TABS, "value"),
         State(ids.MOUNTED_TABS_STORE, "data"),
         prevent_initial_call=True,
     )
     def _mount(tab: str, mounted: list[str] | None) -> tuple[Any, ...]:
-        # A tab's panel is built the first time the tab is opened, and kept.
-        mounted = list(mounted or [ids.TAB_PLAY])
-        if tab in mounted or tab not in {value for value, _, _ in lazy}:
+        opened = mount_tab(tab, mounted)
+        if opened is None:
             return (no_update,) * (1 + len(lazy))
-        return (
-            mounted + [tab],
-            *[module.layout() if value == tab else no_update for value, _, module in lazy],
-        )
+        return (opened[0], *[opened[1] if value == tab else no_update for value, _ in lazy])
 
     values = json.dumps([value for value, *_ in TABS])
     app.clientside_callback(
@@ -226,21 +238,25 @@ def register(app: Dash) -> None:
         Input(ids.TABS, "value"),
     )
     # Hidden tabs stay idle: the browser hands the episode to a tab only while it is shown (and when it is
-    # opened), so a play step sends one request, the Play tab's. A new episode resets the Replay step.
+    # opened), so a play step sends one request, the Play tab's. A changed episode resets the Replay step.
+    # One clientside callback for both, which leaves alone what it need not change: on a play step each
+    # callback and each applied output is work for every component on the page.
     gate_tabs = json.dumps(list(GATES))
     app.clientside_callback(
-        f"""function(data, tab) {{
+        f"""function(data, tab, step) {{
             const noUpdate = window.dash_clientside.no_update;
-            return {gate_tabs}.map(function (t) {{ return t === tab ? data : noUpdate; }});
+            const trig = (window.dash_clientside.callback_context.triggered || []).map(function (t) {{
+                return t.prop_id;
+            }});
+            const newEpisode = trig.indexOf("{ids.TRAJ_STORE}.data") >= 0 && step !== null && step !== undefined;
+            return {gate_tabs}.map(function (t) {{ return t === tab ? data : noUpdate; }})
+                .concat([newEpisode ? null : noUpdate]);
         }}""",
         [Output(gate, "data") for gate in GATES.values()],
-        Input(ids.TRAJ_STORE, "data"),
-        Input(ids.TABS, "value"),
-    )
-    app.clientside_callback(
-        "function(data) { return null; }",
         Output(ids.STEP_STORE, "data", allow_duplicate=True),
         Input(ids.TRAJ_STORE, "data"),
+        Input(ids.TABS, "value"),
+        State(ids.STEP_STORE, "data"),
         prevent_initial_call=True,
     )
     for *_, module in TABS:

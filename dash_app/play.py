@@ -331,7 +331,7 @@ def layout() -> html.Div:
             html.Div(
                 [_action_button(i) for i in range(len(ACTION_NAMES))],
                 id=ids.PLAY_ACTIONS_ROW,
-                className="controls-row",
+                className=actions_row_class(len(ACTION_NAMES)),
             ),
             html.P(id=ids.PLAY_KEYS_HINT, className="hint"),
         ]
@@ -359,6 +359,22 @@ EVENT_PRIORITY = (
 )
 
 
+def actions_row_class(n_actions: int) -> str:
+    """The action buttons' row shows the env's own ``n_actions`` buttons (the rest hidden by CSS)."""
+    return f"controls-row actions-{n_actions}"
+
+
+#: The Play tab's outputs that seldom change, as (component, property): sent only when they do.
+_SHOWN = (
+    (ids.PLAY_MESSAGE, "children"),
+    (ids.PLAY_BANNER, "children"),
+    (ids.PLAY_BANNER, "className"),
+    (ids.PLAY_ACTIONS_ROW, "className"),
+    (ids.PLAY_DT_STEP, "disabled"),
+    (ids.PLAY_KEYS_HINT, "children"),
+)
+
+
 def register(app: Dash) -> None:
     """The Play tab's one callback: apply the event, then draw the tab (the episode is decoded once)."""
 
@@ -371,7 +387,7 @@ def register(app: Dash) -> None:
         Output(ids.PLAY_STATUS, "children"),
         Output(ids.PLAY_BANNER, "children"),
         Output(ids.PLAY_BANNER, "className"),
-        *[Output(b, "style") for b in ids.PLAY_ACTION_BUTTONS],
+        Output(ids.PLAY_ACTIONS_ROW, "className"),
         Output(ids.PLAY_DT_STEP, "disabled"),
         Output(ids.PLAY_DT_RUN, "disabled"),
         Output(ids.PLAY_KEYS_HINT, "children"),
@@ -386,10 +402,14 @@ def register(app: Dash) -> None:
         Input(ids.PLAY_INTERVENTION, "value"),
         State(ids.SESSION_STORE, "data"),
         State(ids.PLAY_SEED, "value"),
+        # what the page shows now, so outputs that stay the same are not sent again (each output the
+        # browser applies is work for every component on the page)
+        *[State(c, p) for c, p in _SHOWN],
     )
     def _play(*args: Any) -> tuple[Any, ...]:
-        target, model, data, tab, intervention, session, seed = args[-7:]
-        n_out = 11 + len(ids.PLAY_ACTION_BUTTONS)
+        shown_now = args[-len(_SHOWN) :]
+        target, model, data, tab, intervention, session, seed = args[-7 - len(_SHOWN) : -len(_SHOWN)]
+        n_out = 12
         # Several inputs can fire together (typing a target, then clicking Reset): the click wins.
         fired = set(ctx.triggered_prop_ids.values())
         event = next((e for e in EVENT_PRIORITY if e in fired), None)
@@ -423,19 +443,20 @@ def register(app: Dash) -> None:
         chart = action_chart(
             v["action_names"], v["probs"], title=v["chart_title"], note="no episode" if shown is None else ""
         )
-        styles = [{} if i < v["n_actions"] else {"display": "none"} for i in range(len(ACTION_NAMES))]
         over = shown is None or shown.done
+        wanted = (message, text, cls, actions_row_class(v["n_actions"]), over, keys_hint(v["n_actions"]))
+        m, text, cls, row, over_, hint = (no_update if w == now else w for w, now in zip(wanted, shown_now))
         return (
             no_update if new is None else new.to_json(),
-            message,
+            m,
             v["world"],
             v["pov"],
             chart,
             v["status"],
             text,
             cls,
-            *styles,
-            over,
-            over,
-            keys_hint(v["n_actions"]),
+            row,
+            over_,
+            over_,
+            hint,
         )

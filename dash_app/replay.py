@@ -505,7 +505,7 @@ def layout() -> html.Div:
             html.H4("Step (the window ends here; its action is the one predicted)"),
             step_slider(ids.REPLAY_STEP_SLIDER),
             token_legend(),
-            html.Div(id=ids.REPLAY_TOKENS, className="tokens"),
+            html.Div(id=ids.REPLAY_TOKENS, className="token-strip"),
             html.Div(
                 [
                     html.Div(

@@ -55,6 +55,12 @@ def create_app(model: str | None = None, cache_dir: str | None = None) -> dash.D
     layout.register(app)
     app.server.add_url_rule(f"{CARD_ROUTE}/<encoded>/<filename>", "card_asset", card_asset)
     warm_tile_cache(model_entry(key).checkpoint.env_spec)
+    # Dash finishes its set-up (which component scripts it may serve) on the first request a process
+    # answers, and a second thread of that process that arrives meanwhile finds it half done: a fresh
+    # worker's concurrent first requests for the page's scripts failed with 500 now and then. One
+    # request here completes it before the server starts (and before gunicorn forks its workers).
+    if app.server.test_client().get("/").status_code != 200:
+        raise DtinterpError("the app could not render its page")
     return app
 
 

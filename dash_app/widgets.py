@@ -47,8 +47,9 @@ def window_tokens(inputs: DTInputs, rtg_scale: float) -> list[dict[str, Any]]:
     return out
 
 
-def token_chip(tok: dict[str, Any]) -> html.Div:
-    """One token of the window as a chip: label, value, env timestep; edited tokens say what they were."""
+def token_chip(tok: dict[str, Any]) -> str:
+    """One token of the window as a chip (HTML): label, value, env timestep; edited tokens say what they
+    were. Every text is escaped."""
     edited = bool(tok.get("edited"))
     cls = (
         f"token token-{tok['kind'].split('-')[0]}"
@@ -57,20 +58,25 @@ def token_chip(tok: dict[str, Any]) -> html.Div:
     )
     t = "" if tok["timestep"] is None else f"t={tok['timestep']}"
     was = f" (was {tok['clean_value']})" if edited and tok.get("clean_value") != tok["value"] else ""
-    return html.Div(
-        [
-            html.Div(tok["label"], className="token-label"),
-            html.Div(tok["value"], className="token-value"),
-            html.Div(t, className="token-time"),
-        ],
-        className=cls,
-        title=f"{tok['label']}: {tok['kind']} {tok['value']}{was} {t}".strip()
-        + (" — edited" if edited else ""),
+    title = f"{tok['label']}: {tok['kind']} {tok['value']}{was} {t}".strip() + (" — edited" if edited else "")
+    return (
+        f'<div class="{cls}" title={quoteattr(title)}>'
+        f'<div class="token-label">{escape(str(tok["label"]))}</div>'
+        f'<div class="token-value">{escape(str(tok["value"]))}</div>'
+        f'<div class="token-time">{escape(t)}</div></div>'
     )
 
 
-def token_chips(tokens: Sequence[dict[str, Any]]) -> list[html.Div]:
-    return [token_chip(t) for t in tokens]
+def token_chips(tokens: Sequence[dict[str, Any]]) -> dcc.Markdown:
+    """The window's tokens as one strip of chips.
+
+    One page component holding their HTML rather than four components per chip: the browser's work on
+    every play step grows with the number of components on the page, and two strips of 30 chips would
+    be most of them.
+    """
+    return dcc.Markdown(
+        "".join(token_chip(t) for t in tokens), dangerously_allow_html=True, className="tokens"
+    )
 
 
 def token_legend() -> html.P:

@@ -20,7 +20,7 @@
         if (!id) { return; }
         var panel = document.getElementById("panel-play");
         var button = document.getElementById(id);
-        if (!panel || panel.style.display === "none" || !button || button.style.display === "none") { return; }
+        if (!panel || panel.style.display === "none" || !button || getComputedStyle(button).display === "none") { return; }
         ev.preventDefault();
         button.click();
     });

@@ -61,7 +61,8 @@ def test_an_analysis_states_what_it_ran_on_and_never_inherits_choices(browser):
 
 
 def test_model_card_images_load(browser):
-    by_id(browser, ids.MODEL_CARD).find_element(By.XPATH, "..").find_element(By.TAG_NAME, "summary").click()
+    assert not browser.find_elements(By.ID, ids.MODEL_CARD)  # drawn when first opened
+    click(browser, ids.MODEL_CARD_SUMMARY)
     images = wait_for(
         browser, lambda d: by_id(d, ids.MODEL_CARD).find_elements(By.TAG_NAME, "img"), "the card's images"
     )

@@ -134,3 +134,10 @@ def test_cli_leaves_no_cache_directory_behind_when_it_fails(capsys, monkeypatch,
     assert not list(tmp_path.glob("dtinterp-app-*"))
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("dtinterp: error: ") for line in err)
+
+
+def test_the_component_scripts_are_servable_before_any_request(app):
+    # Dash registers what it may serve on a process's first request; a concurrent second request of a
+    # fresh worker found that half done (HTTP 500 for react-dom). create_app completes it up front.
+    assert {"dash", "dash_cytoscape"} <= set(app.registered_paths)
+    assert all(app.registered_paths[p] for p in ("dash", "dash_cytoscape"))
