@@ -7,6 +7,8 @@ probability chart exactly the model's softmax at the current window.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from dash_app import ids
@@ -16,6 +18,7 @@ from tests.app.pages import (
     Keys,
     bar_probs,
     by_id,
+    choose_option,
     click,
     history_info,
     history_step,
@@ -148,3 +151,36 @@ def test_two_sessions_never_share_state(browser, new_browser):
     )
     assert status_step(browser) == 3 and f"seed {seed}" in text(browser, ids.PLAY_STATUS)
     assert status_step(other) == 2 and f"seed {other_seed}" in text(other, ids.PLAY_STATUS)
+
+
+def stored_actions(driver) -> list[int]:
+    """The actions of the page's episode as the browser keeps it (the tab's session storage)."""
+    data = driver.execute_script("return window.sessionStorage.getItem(arguments[0]);", ids.TRAJ_STORE)
+    return json.loads(data)["actions"] if data else []
+
+
+def test_a_tab_is_built_when_first_opened_and_keeps_what_was_typed(browser):
+    """Only the Play tab is in a fresh page; another tab is built when opened and then stays as left."""
+    assert not browser.find_elements(By.ID, ids.REPLAY_DATASET_PATH)
+    assert not browser.find_elements(By.ID, ids.HISTORY_SLIDER)
+    select_tab(browser, ids.TAB_REPLAY)
+    wait_for(browser, lambda d: d.find_elements(By.ID, ids.REPLAY_DATASET_PATH), "the Replay tab's fields")
+    type_into(browser, ids.REPLAY_DATASET_PATH, "runs/some.npz", submit=False)
+    select_tab(browser, ids.TAB_HISTORY)
+    wait_for(browser, lambda d: history_step(d) == 0, "the History tab")
+    select_tab(browser, ids.TAB_REPLAY)
+    assert by_id(browser, ids.REPLAY_DATASET_PATH).get_attribute("value") == "runs/some.npz"
+
+
+def test_an_env_with_three_actions_shows_three_buttons_and_takes_no_other_key(browser):
+    """Dynamic obstacles has left, right and forward only: the other buttons are hidden and their keys
+    do nothing, while the arrow keys play."""
+    choose_option(browser, ids.MODEL_DROPDOWN, "dynamic-obstacles-8x8")
+    wait_for(browser, lambda d: "pickup" not in text(d, ids.PLAY_KEYS_HINT), "the env's own key help")
+    shown = [b.text.split()[0] for b in by_id(browser, ids.PLAY_ACTIONS_ROW).find_elements(By.TAG_NAME, "button")
+             if b.is_displayed()]  # fmt: skip
+    assert shown == ["left", "right", "forward"]
+    wait_step(browser, 0)
+    press_keys(browser, "p", "t", "d")  # pickup, toggle, drop: not this env's actions
+    play_keys(browser, [LEFT, RIGHT])
+    assert stored_actions(browser) == [LEFT, RIGHT]
