@@ -41,23 +41,25 @@ GATES = {
 }
 
 
-def model_info(key: str) -> tuple[list[Any], str]:
-    """``(info children, model card markdown with working image links)`` of a loaded model."""
-    e = model_entry(key)
-    info = [html.B(key), html.Span(f" · {e.checkpoint.summary()}")]
-    card = e.card()
-    return info, card_markdown(key, card) if card else "*This checkpoint has no model card (model_card.md).*"
+def model_line(key: str) -> list[Any]:
+    """The top bar's line about a loaded model: its name and summary."""
+    return [html.B(key), html.Span(f" · {model_entry(key).checkpoint.summary()}")]
+
+
+def model_card(key: str) -> str:
+    """A loaded model's card as Markdown, with working image links (read only when the card is opened)."""
+    card = model_entry(key).card()
+    return card_markdown(key, card) if card else "*This checkpoint has no model card (model_card.md).*"
 
 
 def model_view(key: str) -> tuple[Any, ...]:
-    """What the top bar shows for the page's model: info, card, dropdown value, path field."""
-    info, card = model_info(key)
+    """What the top bar shows for the page's model: info line, dropdown value, path field."""
     shipped = key in shipped_names()
-    return info, card, (key if shipped else None), ("" if shipped else key)
+    return model_line(key), (key if shipped else None), ("" if shipped else key)
 
 
 def choose_model(event: str | None, dropdown: str | None, path: str | None, current: str) -> dict[str, Any]:
-    """What picking a model in the top bar does: ``{"key", "info", "card", "message", "dropdown", "path"}``.
+    """What picking a model in the top bar does: ``{"key", "info", "message", "dropdown", "path"}``.
 
     The dropdown loads a shipped model, the Load button a checkpoint path (or a shipped name). The chooser
     then shows the loaded model: its name in the dropdown, or its path in the text field. A model that
@@ -68,12 +70,10 @@ def choose_model(event: str | None, dropdown: str | None, path: str | None, curr
         if not wanted or not str(wanted).strip():
             raise DtinterpError("type a checkpoint directory before pressing Load")
         key = model_entry(str(wanted)).key
-        info, card = model_info(key)
         shipped = key in shipped_names()
         return {
             "key": key,
-            "info": info,
-            "card": card,
+            "info": model_line(key),
             "message": "",
             "dropdown": key if shipped else None,
             "path": "" if shipped else key,
@@ -82,7 +82,6 @@ def choose_model(event: str | None, dropdown: str | None, path: str | None, curr
         return {
             "key": current,
             "info": no_update,
-            "card": no_update,
             "message": f"Model not loaded: {exc}",
             "dropdown": no_update,
             "path": no_update,
@@ -91,7 +90,7 @@ def choose_model(event: str | None, dropdown: str | None, path: str | None, curr
 
 def _top_bar(default_model: str) -> html.Div:
     names = shipped_names()
-    info, _ = model_info(default_model)
+    info = model_line(default_model)
     return html.Div(
         [
             html.Div(
@@ -196,10 +195,9 @@ def register(app: Dash) -> None:
     def _show_model(key: str) -> tuple[Any, ...]:
         # The page's model changed (chosen, or restored by a reload): the top bar follows it.
         try:
-            info, _, dropdown, path = model_view(key)
+            return model_view(key)
         except (DtinterpError, EnvSpecError):
             return (no_update,) * 3
-        return info, dropdown, path
 
     @app.callback(
         Output(ids.MODEL_CARD_BOX, "children"),
@@ -212,7 +210,7 @@ def register(app: Dash) -> None:
         if not opened:
             return no_update
         try:
-            return dcc.Markdown(model_info(key)[1], id=ids.MODEL_CARD, className="model-card")
+            return dcc.Markdown(model_card(key), id=ids.MODEL_CARD, className="model-card")
         except (DtinterpError, EnvSpecError) as exc:
             return str(exc)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 # Tiny models run fastest on one thread, and the suite shares 2 cores with its subprocesses.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -57,3 +59,24 @@ def random_rollouts(spec: EnvSpec, episodes: int, seed: int = 0) -> TrajectoryDa
 def tiny_dataset() -> TrajectoryDataset:
     """8 random-policy episodes of MiniGrid-Empty-5x5 (4 succeed, 4 time out); do not mutate."""
     return random_rollouts(EnvSpec("MiniGrid-Empty-5x5-v0"), episodes=8, seed=4)
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path) -> Path:
+    """A directory in which no file can be created, even by root (then a ``/proc`` directory)."""
+    d = tmp_path / "read-only"
+    d.mkdir()
+    d.chmod(0o555)
+    try:
+        fd, probe = tempfile.mkstemp(dir=d)
+    except OSError:
+        yield d
+    else:  # root ignores permissions: use a directory of the proc filesystem instead
+        os.close(fd)
+        os.unlink(probe)
+        proc = Path("/proc/self")
+        if not proc.is_dir():
+            pytest.skip("no directory here refuses new files to this user")
+        yield proc
+    finally:
+        d.chmod(0o755)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import copy
 import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -170,13 +170,9 @@ def env_pair(inputs: DTInputs, env_spec: EnvSpec | None, change: str = "other-cu
         raise PairError("pair=env re-simulates the model's env, but the model records no env")
     world = _memory_world(env_spec)
     obs = inputs.obs.cpu().numpy()
-    dirs = inputs.directions.cpu().numpy()
-    actions = inputs.actions.cpu().numpy()
-    pad = inputs.pad_mask.cpu().numpy()
     new_obs = obs.copy()
-    for b in range(inputs.batch_size):
-        real = np.flatnonzero(pad[b])
-        new_obs[b, real] = world.other_cue(obs[b, real], dirs[b, real], actions[b, real[:-1]], b)
+    for b, real, o, d, a in _window_steps(inputs):
+        new_obs[b, real] = world.other_cue(o, d, a, b)
     changed = (new_obs != obs).reshape(inputs.batch_size, -1).any(1)
     rows = np.flatnonzero(changed).tolist()
     if not rows:
@@ -322,6 +318,18 @@ class _MemoryWorld:
         return next(iter(found.values()))
 
 
+def _window_steps(inputs: DTInputs) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Each window's real (unpadded) steps: ``(b, their positions, observations, directions, the actions
+    taken between them)``."""
+    obs = inputs.obs.cpu().numpy()
+    dirs = inputs.directions.cpu().numpy()
+    actions = inputs.actions.cpu().numpy()
+    pad = inputs.pad_mask.cpu().numpy()
+    for b in range(inputs.batch_size):
+        real = np.flatnonzero(pad[b])
+        yield b, real, obs[b, real], dirs[b, real], actions[b, real[:-1]]
+
+
 @functools.lru_cache(maxsize=8)
 def _memory_world(spec: EnvSpec) -> _MemoryWorld:
     return _MemoryWorld(spec)
@@ -342,14 +350,9 @@ def window_facts(inputs: DTInputs, env_spec: EnvSpec | None) -> dict[str, np.nda
     if env_spec is None:
         raise PairError("window facts re-simulate the model's env, but the model records no env")
     world = _memory_world(env_spec)
-    obs = inputs.obs.cpu().numpy()
-    dirs = inputs.directions.cpu().numpy()
-    actions = inputs.actions.cpu().numpy()
-    pad = inputs.pad_mask.cpu().numpy()
     out = {name: np.full(inputs.batch_size, -1, dtype=np.int64) for name in WINDOW_FACTS}
-    for b in range(inputs.batch_size):
-        real = np.flatnonzero(pad[b])
-        states = world.states_of(obs[b, real], dirs[b, real], actions[b, real[:-1]])
+    for b, _, o, d, a in _window_steps(inputs):
+        states = world.states_of(o, d, a)
         values = {
             "cue_object": {int(cue == "ball") for (cue, _), _ in states},
             "correct_side": {int(cue != upper) for (cue, upper), _ in states},  # matching end up: side 0

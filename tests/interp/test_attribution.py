@@ -7,7 +7,9 @@ import torch
 from transformer_lens import ActivationCache
 
 from dtinterp.interp.attribution import GRANULARITIES, direct_logit_attribution, dla_hook_names
-from dtinterp.model import DTConfig, DTInputs, HookedDecisionTransformer, state_positions
+from dtinterp.model import HookedDecisionTransformer, state_positions
+from tests.interp import tiny
+from tests.interp.tiny import make_inputs
 
 CONFIGS = {
     "LN": dict(normalization_type="LN"),
@@ -18,31 +20,9 @@ CONFIGS = {
 
 
 def make_model(**kw) -> HookedDecisionTransformer:
-    base = dict(context_len=3, n_layers=2, n_heads=2, d_model=16, d_mlp=24, max_timestep=20, seed=0)
-    model = HookedDecisionTransformer(DTConfig(**{**base, **kw})).eval()
-    with torch.no_grad():  # non-zero biases, so the bias row is exercised
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
-
-
-def make_inputs(B: int = 3, K: int = 3, seed: int = 0) -> DTInputs:
-    g = torch.Generator().manual_seed(seed)
-    obs = torch.stack(
-        [torch.randint(0, 10, (B, K, 7, 7), generator=g), torch.randint(0, 6, (B, K, 7, 7), generator=g),
-         torch.randint(0, 3, (B, K, 7, 7), generator=g)], -1,
-    ).to(torch.uint8)  # fmt: skip
-    pad = torch.ones(B, K, dtype=torch.bool)
-    pad[0, 0] = False
-    return DTInputs(
-        obs=obs,
-        directions=torch.randint(0, 4, (B, K), generator=g),
-        rtg=torch.rand(B, K, generator=g),
-        actions=torch.randint(0, 7, (B, K), generator=g),
-        timesteps=torch.arange(K).expand(B, K).clone(),
-        pad_mask=pad,
-    )
+    """The shared tiny DT (non-zero biases, so the bias row is exercised) with a wider MLP and the
+    default weight scale, at which the float32 comparisons below hold to 1e-5."""
+    return tiny.make_model(**{"d_mlp": 24, "init_range": 0.02, **kw})
 
 
 def cached(model, inputs, names_filter=None):

@@ -21,7 +21,7 @@ from dtinterp.interp.patching import hook_name
 from dtinterp.interp.path_patching import path_patch
 from dtinterp.model import DTInputs, HookedDecisionTransformer
 from dtinterp.model.inputs import token_labels
-from tests.interp.tiny import make_inputs, make_model
+from tests.interp.tiny import linearize, make_inputs, make_model
 
 
 @functools.cache
@@ -47,14 +47,7 @@ def linear_model() -> HookedDecisionTransformer:
     residual stream; small MLP input weights and large biases, so every ReLU is on in every run (checked
     below).
     """
-    model = make_model(normalization_type=None)
-    with torch.no_grad():
-        for blk in model.blocks:
-            blk.attn.W_Q.zero_()
-            blk.attn.W_K.zero_()
-            blk.mlp.W_in.mul_(0.02)
-            blk.mlp.b_in.fill_(20.0)
-    return model
+    return linearize(make_model(normalization_type=None))
 
 
 @functools.cache

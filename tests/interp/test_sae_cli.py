@@ -5,8 +5,6 @@ the other refusals run ``dtinterp.cli.main`` in-process to keep the ~4 s interpr
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -79,24 +77,6 @@ def test_force_replaces_an_earlier_sae_all_at_once(files, tmp_path, capsys):
     assert TopKSAE.load(out).log["train"]["seed"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]  # no temporary or set-aside copy left
     capsys.readouterr()
-
-
-@pytest.fixture
-def unwritable_dir(tmp_path) -> Path:
-    """A directory in which no file can be created, even by root (then a ``/proc`` directory)."""
-    d = tmp_path / "read-only"
-    d.mkdir()
-    d.chmod(0o555)
-    try:
-        fd, probe = tempfile.mkstemp(dir=d)
-    except OSError:
-        yield d
-    else:  # root ignores permissions
-        os.close(fd)
-        os.unlink(probe)
-        yield Path("/proc/self")
-    finally:
-        d.chmod(0o755)
 
 
 CASES = {

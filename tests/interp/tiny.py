@@ -38,3 +38,16 @@ def make_inputs(B: int = 3, K: int = 3, seed: int = 0) -> DTInputs:
         timesteps=torch.arange(K).expand(B, K).clone(),
         pad_mask=pad,
     )
+
+
+def linearize(model: HookedDecisionTransformer) -> HookedDecisionTransformer:
+    """Make ``model``'s logits affine in every activation a sweep patches (in place; it needs
+    ``normalization_type=None``): W_Q = W_K = 0, so every attention pattern is uniform over the allowed keys
+    whatever the residual stream, and small MLP input weights with large biases keep every ReLU on."""
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.attn.W_Q.zero_()
+            blk.attn.W_K.zero_()
+            blk.mlp.W_in.mul_(0.02)
+            blk.mlp.b_in.fill_(20.0)
+    return model

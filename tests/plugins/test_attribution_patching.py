@@ -12,6 +12,7 @@ from dtinterp.interp.causal import build_metric
 from dtinterp.interp.edits import apply_edits, parse_edit
 from dtinterp.model.checkpoint import Checkpoint
 from dtinterp.plugins.api import AnalysisContext, ParameterError
+from tests.interp.tiny import linearize
 from tests.plugins.conftest import _random_model
 from tests.plugins.helpers import assert_labelled
 
@@ -28,14 +29,7 @@ def ckpt(tiny_model, tiny_meta) -> Checkpoint:
 def linear_ckpt(tiny_meta) -> Checkpoint:
     """A model whose logits are affine in every patched activation: no LayerNorm, W_Q = W_K = 0 (every
     pattern uniform whatever the residual stream), tiny MLP input weights and large biases (ReLUs always on)."""
-    model = _random_model(normalization_type=None, init_range=0.3)
-    with torch.no_grad():
-        for blk in model.blocks:
-            blk.attn.W_Q.zero_()
-            blk.attn.W_K.zero_()
-            blk.mlp.W_in.mul_(0.02)
-            blk.mlp.b_in.fill_(20.0)
-    return Checkpoint.from_model(model, tiny_meta)
+    return Checkpoint.from_model(linearize(_random_model(normalization_type=None, init_range=0.3)), tiny_meta)
 
 
 def _library_metric(model, windows):
