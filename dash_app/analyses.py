@@ -46,6 +46,7 @@ from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 from dash_app import controls, ids
 from dash_app.cache import CONTEXTS, ModelEntry, model_entry
 from dash_app.inputs import InputError, load_episode
+from dash_app.jobs import job_error
 from dtinterp.data.episode import Episode
 from dtinterp.errors import DtinterpError
 from dtinterp.interp.edits import Edit
@@ -539,6 +540,7 @@ def register(app: Dash) -> None:
             (Output(ids.ANALYSIS_STATUS, "style"), {"visibility": "visible"}, {"visibility": "hidden"}),
         ],
         cancel=[Input(ids.ANALYSIS_CANCEL, "n_clicks")],
+        on_error=job_error(ids.ANALYSIS_MESSAGE),
         prevent_initial_call=True,
     )
     def _run(set_progress, _n, plugin_id, param_ids, param_values, target, windows, model, data, step, edits):

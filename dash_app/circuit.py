@@ -37,6 +37,7 @@ from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 from dash_app import ids
 from dash_app.cache import ModelEntry, model_entry
 from dash_app.inputs import InputError, load_episode, parse_seed
+from dash_app.jobs import job_error
 from dtinterp.data.episode import Episode
 from dtinterp.errors import DtinterpError
 from dtinterp.interp.causal import METRICS
@@ -757,6 +758,7 @@ def register(app: Dash) -> None:
             (Output(ids.CIRCUIT_SCORE, "disabled"), True, False),
             (Output(ids.CIRCUIT_SCORE_STATUS, "style"), {"visibility": "visible"}, {"visibility": "hidden"}),
         ],
+        on_error=job_error(ids.CIRCUIT_MESSAGE),
         prevent_initial_call=True,
     )
     def _score(set_progress, _n, method, ig_steps, pair, metric, seed, episodes, model, data, step, edits):
@@ -789,6 +791,7 @@ def register(app: Dash) -> None:
             (Output(ids.CIRCUIT_CLEAR, "disabled"), True, False),
             (Output(ids.CIRCUIT_ABLATE_STATUS, "style"), {"visibility": "visible"}, {"visibility": "hidden"}),
         ],
+        on_error=job_error(ids.CIRCUIT_MESSAGE),
         prevent_initial_call=True,
     )
     def _ablate(set_progress, nodes, kind, episodes, seed, pair, metric, model, data, step, edits):

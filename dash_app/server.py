@@ -7,7 +7,7 @@ sticky between requests: the episode lives in the browser, and each worker keeps
 request. The default model is loaded once before serving (a bad ``--model`` is a one-line error before
 anything is served) and, with gunicorn, before the workers fork, so they share its memory.
 
-Long analyses run as Dash background callbacks in a :class:`dash.DiskcacheManager` whose cache lives in a
+Long analyses run as Dash background callbacks in a :class:`dash_app.jobs.JobManager` whose cache lives in a
 temporary directory made by ``dtinterp app`` and removed when it exits, however it exits. The images of a
 model card (calibration figure, episode GIF) are served by :func:`dash_app.card.card_asset`.
 """
@@ -28,6 +28,7 @@ from dash_app import layout
 from dash_app.cache import default_model_key, model_entry
 from dash_app.card import CARD_ROUTE, card_asset
 from dash_app.images import warm_tile_cache
+from dash_app.jobs import JobManager
 from dtinterp.errors import DtinterpError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -49,7 +50,7 @@ def create_app(model: str | None = None, cache_dir: str | None = None) -> dash.D
         # name components that are not in the page yet
         suppress_callback_exceptions=True,
         assets_folder=str(ASSETS),
-        background_callback_manager=dash.DiskcacheManager(cache),
+        background_callback_manager=JobManager(cache),
     )
     app.layout = lambda: layout.layout(key)
     layout.register(app)

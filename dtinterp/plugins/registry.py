@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pkgutil
 import threading
 from collections.abc import Iterable, Mapping
@@ -140,3 +141,14 @@ def get_registry() -> Registry:
         if _default is None:
             _default = load_registry()
         return _default
+
+
+def _fresh_lock_after_fork() -> None:
+    """A forked child (the app's background jobs) starts with the lock released: a thread of the parent
+    that held it at the fork does not exist in the child, so it would never be released there."""
+    global _default_lock
+    _default_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock_after_fork)

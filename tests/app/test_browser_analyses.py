@@ -8,6 +8,7 @@ clean and an edited run have their counterfactual.
 from __future__ import annotations
 
 import pytest
+from selenium.common.exceptions import TimeoutException
 
 from dash_app import ids
 from dtinterp.plugins.registry import get_registry
@@ -30,6 +31,9 @@ pytestmark = pytest.mark.usefixtures("app_server")
 EDIT = "R*=0"
 #: Seconds one analysis may take to run in the background worker and be drawn.
 RUN_TIMEOUT = 60.0
+
+# the progress line is hidden once a run ends: read its text whether shown or not
+_STAGE_JS = "var e = document.getElementById(arguments[0]); return e ? e.textContent : null;"
 
 _TRACE_COUNTS_JS = """
 return Array.from(document.getElementById(arguments[0]).querySelectorAll('.js-plotly-plot'))
@@ -75,8 +79,15 @@ def test_every_registered_analysis_runs_and_shows_its_figures(browser):
             f"{plugin_id}'s description",
         )
         click(browser, ids.ANALYSIS_RUN)
-        summary = wait_for(
-            browser, lambda d, s=summary: run_finished(d, s), f"{plugin_id}'s figures", RUN_TIMEOUT
-        )
+        try:
+            summary = wait_for(
+                browser, lambda d, s=summary: run_finished(d, s), f"{plugin_id}'s figures", RUN_TIMEOUT
+            )
+        except TimeoutException:
+            stage = browser.execute_script(_STAGE_JS, ids.ANALYSIS_STATUS)
+            state = "still running" if not by_id(browser, ids.ANALYSIS_RUN).is_enabled() else "ended unseen"
+            raise AssertionError(
+                f"{plugin_id} did not show its figures in {RUN_TIMEOUT:g} s ({state}; progress {stage!r})"
+            ) from None
         traces = browser.execute_script(_TRACE_COUNTS_JS, ids.ANALYSIS_FIGURES)
         assert traces and min(traces) >= 1, f"{plugin_id} drew an empty figure: {traces}"

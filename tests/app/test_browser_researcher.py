@@ -6,13 +6,18 @@
 - History plays itself, shows the action probabilities at every step, and a reload keeps the episode;
 - the end of an episode keeps the chart labelled with the env's actions, and the key help lists only them;
 - the Replay slider's value never covers the token strip;
-- cancelling a run says so.
+- cancelling a run says so, and so does a run whose worker process dies.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 
+import dash_app.analyses
 from dash_app import ids
 from tests.app.pages import (
     By,
@@ -126,3 +131,37 @@ def test_replay_slider_value_never_covers_the_tokens(browser):
     assert tooltip_bottom <= tokens_top and value_box_bottom <= tokens_top, box
     chips = by_id(browser, ids.REPLAY_TOKENS).find_elements(By.CSS_SELECTOR, ".token")
     assert chips and all(c.is_displayed() for c in chips)
+
+
+def _slow_run(*_args, **_kwargs):
+    time.sleep(60)
+
+
+def _dying_run(*_args, **_kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _run_with(browser, monkeypatch, fake) -> None:
+    """Start a run on the Analyses tab whose work (in the forked worker) is ``fake``."""
+    monkeypatch.setattr(dash_app.analyses, "run_in_app", fake)  # the worker is forked from this process
+    play_dt_episode(browser)
+    select_tab(browser, ids.TAB_ANALYSES)
+    choose_option(browser, ids.ANALYSIS_SELECT, "kurtosis")
+    click(browser, ids.ANALYSIS_RUN)
+
+
+def test_cancelling_a_run_says_so(browser, monkeypatch):
+    _run_with(browser, monkeypatch, _slow_run)
+    wait_for(browser, lambda d: by_id(d, ids.ANALYSIS_CANCEL).is_enabled(), "the Cancel button")
+    click(browser, ids.ANALYSIS_CANCEL)
+    wait_for(browser, lambda d: by_id(d, ids.ANALYSIS_RUN).is_enabled(), "the Run button to come back")
+    assert text(browser, ids.ANALYSIS_MESSAGE).startswith("Run cancelled"), text(
+        browser, ids.ANALYSIS_MESSAGE
+    )
+
+
+def test_a_run_whose_worker_dies_says_so(browser, monkeypatch):
+    _run_with(browser, monkeypatch, _dying_run)
+    message = wait_for(browser, lambda d: text(d, ids.ANALYSIS_MESSAGE), "the failure message", 30)
+    assert "ended without a result (killed by SIGKILL" in message, message
+    assert by_id(browser, ids.ANALYSIS_RUN).is_enabled()

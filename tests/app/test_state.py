@@ -10,6 +10,8 @@ import base64
 import json
 import os
 import shutil
+import signal
+import threading
 
 import numpy as np
 import pytest
@@ -328,14 +330,35 @@ def test_each_page_load_gets_its_own_session():
 
 
 def test_forked_worker_gets_released_locks():
-    """A lock held by a server thread at fork time must not stay held in a background worker."""
+    """A lock held by a server thread at fork time must not stay held in a background worker: the
+    caches', the plugin registry's and tqdm's (whose multiprocessing half forked processes share)."""
+    from tqdm.auto import tqdm
+
+    from dtinterp.plugins import registry
+
     entry = model_entry(default_model_key())
-    with entry.lock, MODELS._load_lock:
+    held, release = threading.Event(), threading.Event()
+
+    def server_thread() -> None:
+        with entry.lock, MODELS._load_lock, registry._default_lock, tqdm.get_lock():
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=server_thread)
+    thread.start()
+    try:
+        assert held.wait(10)
         pid = os.fork()
-        if pid == 0:  # the child: every cache lock must be free
+        if pid == 0:  # the child: every lock must be free
+            signal.alarm(10)  # a lock that blocks ends the child with SIGALRM
             ok = entry.lock.acquire(timeout=5) and MODELS._load_lock.acquire(timeout=5)
+            ok = ok and registry._default_lock.acquire(timeout=5)
+            tqdm(total=1, disable=True).close()
             os._exit(0 if ok else 1)
-    _, status = os.waitpid(pid, 0)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        thread.join()
     assert os.waitstatus_to_exitcode(status) == 0
 
 
