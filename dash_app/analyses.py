@@ -33,20 +33,18 @@ callbacks only pass the browser's values through. Static analyses (weights only)
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-import torch
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from dash_app import controls, ids
 from dash_app.cache import CONTEXTS, ModelEntry, model_entry
 from dash_app.inputs import InputError, load_episode
-from dash_app.jobs import job_error
+from dash_app.jobs import in_job, job_error
 from dtinterp.data.episode import Episode
 from dtinterp.errors import DtinterpError
 from dtinterp.interp.edits import Edit
@@ -67,7 +65,6 @@ CATEGORY_HELP = {
     "causal": "interventions: edits, patching, sweeps",
 }
 
-_SERVER_PID = os.getpid()
 
 Progress = Callable[[int, str], None]
 
@@ -88,16 +85,11 @@ def analysis_context(
     at the fork would stay held forever in the copy, so the worker builds its own context and holds
     nothing. Cancelling a run kills the worker, which therefore never leaves hooks on the server's model.
     """
-    if in_worker():
+    if in_job():
         yield AnalysisContext(entry.checkpoint, inputs, edits=list(edits), description=description)
     else:
         with entry.lock:
             yield CONTEXTS.get(entry, inputs, edits, description=description)
-
-
-def in_worker() -> bool:
-    """Whether this is a background-callback worker forked from the server process."""
-    return os.getpid() != _SERVER_PID
 
 
 def plugin_options(registry: Registry, category: str | None) -> list[dict[str, str]]:
@@ -197,8 +189,6 @@ def run_in_app(
     plugin gives ``ok`` False and a one-line ``message``, never an exception.
     """
     t0 = time.perf_counter()
-    if in_worker():
-        torch.set_num_threads(1)  # OpenMP's thread pool does not survive the fork: torch would hang
     registry = registry or get_registry()
     out: dict[str, Any] = {"ok": False, "message": "", "summary": "", "figures": [], "result_json": None}
     try:
@@ -623,7 +613,6 @@ __all__ = [
     "describe_plugin",
     "failures_text",
     "file_stem",
-    "in_worker",
     "intervention_buttons",
     "layout",
     "plugin_options",

@@ -25,13 +25,11 @@ through. A bad input is one line in the tab's message, never a traceback.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import dash_cytoscape as cyto
-import torch
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from dash_app import ids
@@ -83,7 +81,6 @@ NEGATIVE, POSITIVE = "#d62728", "#1f77b4"
 #: Layout grid of the graph, in pixels.
 COLUMN, ROW = 190, 110
 
-_SERVER_PID = os.getpid()
 
 Progress = Callable[[str], None]
 
@@ -92,10 +89,7 @@ Progress = Callable[[str], None]
 
 
 def _hold(entry: ModelEntry):  # noqa: ANN202 - the model's lock (a context manager)
-    """The model's lock for one computation. In a background job (a process forked from the server) the
-    lock is a fresh copy and torch gets one thread: OpenMP's pool does not survive the fork."""
-    if os.getpid() != _SERVER_PID:
-        torch.set_num_threads(1)
+    """The model's lock for one computation (in a background job, a fresh copy: see dash_app.jobs)."""
     return entry.lock
 
 

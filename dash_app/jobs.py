@@ -6,6 +6,10 @@ native code), Dash quietly puts the page back as it was: the Run button returns 
 :class:`JobManager` notices such a job on the page's next poll and hands Dash an error instead, which the
 callback's ``on_error`` (:func:`job_error`) shows as a one-line message. A job the page itself stopped
 (Cancel, a newer run of the same callback) is recorded when it is terminated and is not reported.
+
+A job's process runs :func:`job_main`: it knows itself as a job (:func:`in_job`; under gunicorn a worker
+process is no job, though it too is not the process that imported this module) and computes with one
+torch thread, since OpenMP's thread pool does not survive the fork.
 """
 
 from __future__ import annotations
@@ -16,9 +20,25 @@ from collections.abc import Callable
 from typing import Any
 
 import dash
+import torch
 
 #: Cache key prefix of the jobs this server terminated on purpose (cancelled or superseded).
 _TERMINATED = "dtinterp-terminated-job-"
+
+_in_job = False
+
+
+def in_job() -> bool:
+    """Whether this process is a background job (started through :func:`job_main`)."""
+    return _in_job
+
+
+def job_main(job_fn: Callable[..., Any], *args: Any) -> None:
+    """The body of a job's process: mark it a job, give torch one thread, run ``job_fn(*args)``."""
+    global _in_job
+    _in_job = True
+    torch.set_num_threads(1)  # OpenMP's pool does not survive the fork: torch would hang
+    job_fn(*args)
 
 
 class JobManager(dash.DiskcacheManager):
@@ -33,7 +53,7 @@ class JobManager(dash.DiskcacheManager):
         """Start the job in a forked process (as Dash does) and keep its handle for its exit status."""
         from multiprocess import Process
 
-        proc = Process(target=job_fn, args=(key, self._make_progress_key(key), args, context))
+        proc = Process(target=job_main, args=(job_fn, key, self._make_progress_key(key), args, context))
         proc.start()
         with self._procs_lock:
             for pid in [p for p, q in self._procs.items() if q.exitcode is not None]:
@@ -97,4 +117,4 @@ def job_error(message_id: str) -> Callable[[Exception], None]:
     return on_error
 
 
-__all__ = ["JobManager", "died_message", "job_error"]
+__all__ = ["JobManager", "died_message", "in_job", "job_error", "job_main"]

@@ -8,8 +8,9 @@ import time
 
 import diskcache
 import pytest
+import torch
 
-from dash_app.jobs import JobManager, died_message
+from dash_app.jobs import JobManager, died_message, in_job
 
 
 def _finish(fn, manager: JobManager, key: str) -> int:
@@ -34,6 +35,10 @@ def _answer() -> int:
     return 42
 
 
+def _what_the_job_sees() -> list:
+    return [in_job(), torch.get_num_threads()]
+
+
 @pytest.fixture()
 def manager(tmp_path):
     cache = diskcache.Cache(str(tmp_path / "cache"))
@@ -44,6 +49,17 @@ def manager(tmp_path):
 def test_a_finished_job_gives_its_result(manager):
     pid = _finish(_answer, manager, "k1")
     assert manager.get_result("k1", pid) == 42
+
+
+def test_a_job_knows_itself_as_a_job_and_computes_with_one_thread(manager):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # as a server computing with two threads
+    try:
+        pid = _finish(_what_the_job_sees, manager, "k0")
+    finally:
+        torch.set_num_threads(threads)
+    assert manager.get_result("k0", pid) == [True, 1]
+    assert not in_job()
 
 
 @pytest.mark.parametrize(("fn", "cause"), [(_kill_self, "killed by SIGKILL"), (_exit_3, "exit code 3")])

@@ -20,6 +20,7 @@ import torch
 from dash_app import analyses, replay
 from dash_app.cache import model_entry
 from dash_app.inputs import InputError
+from dash_app.jobs import job_main
 from dtinterp.data.collect import collect
 from dtinterp.data.dataset import load_dataset, save_dataset
 from dtinterp.data.episode import Episode
@@ -412,7 +413,7 @@ def test_forked_worker_ignores_locks_held_in_the_server(entry, traj, test_regist
     holder = threading.Thread(target=hold)
     holder.start()
     held.wait(10)
-    proc = fork.Process(target=job)
+    proc = fork.Process(target=job_main, args=(job,))  # as JobManager starts a background job
     try:
         proc.start()
         ok, message, result_json = queue.get(timeout=60)
