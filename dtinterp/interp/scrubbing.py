@@ -175,7 +175,7 @@ def _rows(x: np.ndarray) -> np.ndarray:
 
 
 register_feature("window", lambda ws: np.arange(ws.n_windows), "the whole window (agrees only with itself)")
-register_feature("prev_action", lambda ws: ws.inputs.actions[:, -2].numpy(), "the action taken at t-1")
+register_feature("prev_action", lambda ws: ws.inputs.actions[:, -2].cpu().numpy(), "the action taken at t-1")
 register_feature(
     "obs",
     lambda ws: _rows(
@@ -187,8 +187,10 @@ register_feature(
     ),
     "the current observation and agent direction",
 )
-register_feature("timestep", lambda ws: ws.inputs.timesteps[:, -1].numpy(), "the current episode timestep")
-register_feature("rtg", lambda ws: ws.inputs.rtg[:, -1].numpy(), "the current return-to-go")
+register_feature(
+    "timestep", lambda ws: ws.inputs.timesteps[:, -1].cpu().numpy(), "the current episode timestep"
+)
+register_feature("rtg", lambda ws: ws.inputs.rtg[:, -1].cpu().numpy(), "the current return-to-go")
 
 
 def features() -> dict[str, str]:
@@ -207,7 +209,7 @@ def feature_values(windows: WindowSet, name: str) -> np.ndarray:
         n = name.split(":", 1)[1]
         if not n.isdigit() or int(n) < 1:
             raise HypothesisError(f"feature {name!r}: the bucket count must be a positive integer")
-        rtg = windows.inputs.rtg[:, -1].double().numpy()
+        rtg = windows.inputs.rtg[:, -1].double().cpu().numpy()
         lo, hi = float(rtg.min()), float(rtg.max())
         width = (hi - lo) / int(n) if hi > lo else 1.0
         values = np.minimum(((rtg - lo) / width).astype(np.int64), int(n) - 1)
