@@ -234,8 +234,8 @@ class RayBackend(Backend):
         shared_ref = ray.put(shared) if has_shared else None  # stored once, read by every task
         refs = [self._task.remote(fn, has_shared, shared_ref, item) for item in items]
         bar = tqdm(total=len(refs), desc=desc, unit="task", disable=None if progress else True)
+        pending = list(refs)
         try:
-            pending = list(refs)
             while pending:
                 # Whatever finished within the timeout: one wait per batch, not per task.
                 done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
@@ -243,7 +243,10 @@ class RayBackend(Backend):
                 bar.update(len(done))
             return ray.get(refs)
         except ray.exceptions.RayError as exc:
-            for ref in refs:
+            # Cancel only the tasks not seen finished: Ray 2.x can abort the driver process ("Tried to
+            # complete task that was not pending") when a task whose result is already in is cancelled.
+            _, unfinished = ray.wait(pending, num_returns=len(pending), timeout=0) if pending else ([], [])
+            for ref in unfinished:
                 ray.cancel(ref)
             cause = getattr(exc, "cause", None)
             if isinstance(cause, DtinterpError):
