@@ -28,8 +28,6 @@ from typing import Generic, TypeVar
 import gymnasium as gym
 import numpy as np
 import torch
-from tqdm import tqdm as tqdm_std
-from tqdm.auto import tqdm as tqdm_auto
 
 from dtinterp.data.episode import Episode
 from dtinterp.errors import CheckpointError, EpisodeError
@@ -332,11 +330,6 @@ def _fresh_locks_after_fork() -> None:
         entry.lock = threading.Lock()
     for ctx in CONTEXTS._lru._data.values():
         ctx._lock = threading.RLock()
-    # tqdm's write lock includes a multiprocessing lock that forked processes share by design: a job
-    # killed (Cancel) while building a bar would leave it held for every later job. A job's bars are its
-    # own (and silent), so a private lock is all it needs.
-    for bar_class in (tqdm_std, tqdm_auto):
-        bar_class.set_lock(threading.RLock())
 
 
 if hasattr(os, "register_at_fork"):

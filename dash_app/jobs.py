@@ -8,8 +8,8 @@ callback's ``on_error`` (:func:`job_error`) shows as a one-line message. A job t
 (Cancel, a newer run of the same callback) is recorded when it is terminated and is not reported.
 
 A job's process runs :func:`job_main`: it knows itself as a job (:func:`in_job`; under gunicorn a worker
-process is no job, though it too is not the process that imported this module) and computes with one
-torch thread, since OpenMP's thread pool does not survive the fork.
+process is no job, though it too is not the process that imported this module), computes with one
+torch thread, since OpenMP's thread pool does not survive the fork, and has a progress-bar lock of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any
 
 import dash
 import torch
+from tqdm import tqdm as tqdm_std
+from tqdm.auto import tqdm as tqdm_auto
 
 #: Cache key prefix of the jobs this server terminated on purpose (cancelled or superseded).
 _TERMINATED = "dtinterp-terminated-job-"
@@ -38,6 +40,10 @@ def job_main(job_fn: Callable[..., Any], *args: Any) -> None:
     global _in_job
     _in_job = True
     torch.set_num_threads(1)  # OpenMP's pool does not survive the fork: torch would hang
+    # tqdm's write lock is shared by forked processes by design (its multiprocessing half), and its thread
+    # half may be held by a server thread at the fork: a job's bars are its own, so it gets its own lock.
+    for bar_class in (tqdm_std, tqdm_auto):
+        bar_class.set_lock(threading.RLock())
     job_fn(*args)
 
 

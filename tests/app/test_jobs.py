@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import diskcache
 import pytest
 import torch
+from tqdm.auto import tqdm
 
 from dash_app.jobs import JobManager, died_message, in_job
 
@@ -36,6 +38,7 @@ def _answer() -> int:
 
 
 def _what_the_job_sees() -> list:
+    tqdm(total=1, disable=True).close()  # blocks if the job shares the server's progress-bar lock
     return [in_job(), torch.get_num_threads()]
 
 
@@ -51,13 +54,25 @@ def test_a_finished_job_gives_its_result(manager):
     assert manager.get_result("k1", pid) == 42
 
 
-def test_a_job_knows_itself_as_a_job_and_computes_with_one_thread(manager):
+def test_a_job_knows_itself_as_a_job_computes_with_one_thread_and_owns_its_bar_lock(manager):
     threads = torch.get_num_threads()
+    held, release = threading.Event(), threading.Event()
+
+    def server_thread() -> None:  # a server thread drawing a progress bar when the job forks
+        with tqdm.get_lock():
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=server_thread)
+    thread.start()
     torch.set_num_threads(2)  # as a server computing with two threads
     try:
+        assert held.wait(10)
         pid = _finish(_what_the_job_sees, manager, "k0")
     finally:
         torch.set_num_threads(threads)
+        release.set()
+        thread.join()
     assert manager.get_result("k0", pid) == [True, 1]
     assert not in_job()
 

@@ -331,16 +331,14 @@ def test_each_page_load_gets_its_own_session():
 
 def test_forked_worker_gets_released_locks():
     """A lock held by a server thread at fork time must not stay held in a background worker: the
-    caches', the plugin registry's and tqdm's (whose multiprocessing half forked processes share)."""
-    from tqdm.auto import tqdm
-
+    caches' and the plugin registry's (tqdm's: tests/app/test_jobs.py)."""
     from dtinterp.plugins import registry
 
     entry = model_entry(default_model_key())
     held, release = threading.Event(), threading.Event()
 
     def server_thread() -> None:
-        with entry.lock, MODELS._load_lock, registry._default_lock, tqdm.get_lock():
+        with entry.lock, MODELS._load_lock, registry._default_lock:
             held.set()
             release.wait(30)
 
@@ -353,7 +351,6 @@ def test_forked_worker_gets_released_locks():
             signal.alarm(10)  # a lock that blocks ends the child with SIGALRM
             ok = entry.lock.acquire(timeout=5) and MODELS._load_lock.acquire(timeout=5)
             ok = ok and registry._default_lock.acquire(timeout=5)
-            tqdm(total=1, disable=True).close()
             os._exit(0 if ok else 1)
         _, status = os.waitpid(pid, 0)
     finally:

@@ -280,8 +280,8 @@ def test_ray_retries_a_task_whose_worker_died(ray_instance, tmp_path):
 @pytest.mark.ray
 @pytest.mark.parametrize("items", [[5], [0, 5, 1]], ids=["alone", "beside-running-tasks"])
 def test_ray_task_user_error_stays_one_line(ray_instance, items):
-    # beside other tasks, the still-running ones are cancelled (the finished one never is: cancelling a
-    # task whose result is in can abort the driver in Ray 2.x)
+    # beside other tasks the failure takes the cancel path (only unfinished tasks are cancelled: cancelling
+    # one whose result is in can abort the driver in Ray 2.x); this checks the error, not the cancelling
     with pytest.raises(ConfigError) as info:
         RayBackend().map(user_error_or_sleep if len(items) > 1 else user_error, items)
     assert str(info.value) == "item 5 is not acceptable"
